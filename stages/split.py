@@ -1,0 +1,43 @@
+"""DVC stage `split`: n per-user random splits, each with its stored evaluation negatives.
+
+Reads data/filtered/ and params dataset, datasets, split. Writes data/splits/split_<k>.npz
+(format in xreflect/data/split.py) and the metric metrics/splits.json.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from xreflect.config import ParamsError, dataset_entry, load_params  # noqa: E402
+from xreflect.data.split import make_split  # noqa: E402
+from xreflect.io import write_json  # noqa: E402
+
+FILTERED, OUT, REPORT = Path("data/filtered"), Path("data/splits"), Path("metrics/splits.json")
+
+
+def main() -> None:
+    params = load_params()
+    name, entry = dataset_entry(params)
+    config = params.get("split") or {}
+    n_splits = int(config.get("n_splits", 5))
+    if n_splits < 1:
+        raise ParamsError("params.yaml: split.n_splits must be >= 1")
+    pairs = np.load(FILTERED / "pairs.npy")
+    n_users, n_items = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
+    sizes = {}
+    for k in range(n_splits):
+        split = make_split(pairs, n_users, n_items, tuple(entry["split_ratio"]),
+                           int(entry["eval_negatives"]), seed=int(config.get("seed", 0)) + k)
+        split.save(OUT / f"split_{k}.npz")
+        sizes[f"split_{k}"] = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
+        print(f"split {k}: {sizes[f'split_{k}']}", file=sys.stderr)
+    write_json(REPORT, {"dataset": name, "split_ratio": entry["split_ratio"],
+                        "eval_negatives": int(entry["eval_negatives"]), **sizes})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""X-REFLECT: cross-reflection prompting for multimodal recommendation, as a DVC pipeline."""

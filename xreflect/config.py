@@ -1,0 +1,65 @@
+"""Reading params.yaml and failing early, with the key and the allowed values, on bad choices."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xreflect.prompts import BASE_SOURCES, PROMPTS
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    pass
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found; run the stage from the repository root")
+    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def choose(params: dict, key: str, registry: str) -> tuple[str, dict]:
+    """The entry that top-level `key` names in the `registry` section, e.g. ('demo', {...})."""
+    name = params.get(key)
+    entries = params.get(registry) or {}
+    if name not in entries:
+        raise ParamsError(f"params.yaml: {key}={name!r} is not one of the allowed values "
+                          f"{sorted(entries)} (the keys of '{registry}')")
+    return name, entries[name]
+
+
+def dataset_entry(params: dict) -> tuple[str, dict]:
+    name, entry = choose(params, "dataset", "datasets")
+    ratio = entry.get("split_ratio")
+    if not (isinstance(ratio, list) and len(ratio) == 3 and all(isinstance(r, (int, float)) and r > 0 for r in ratio)):
+        raise ParamsError(f"params.yaml: datasets.{name}.split_ratio must be three positive numbers "
+                          f"train:valid:test, e.g. [8, 1, 1]; got {ratio!r}")
+    return name, entry
+
+
+def strategy_sources(params: dict, strategy: str) -> list[str]:
+    """The embedding sources `strategy` concatenates, each checked against the known sources."""
+    strategies = params.get("strategies") or {}
+    if strategy not in strategies:
+        raise ParamsError(f"params.yaml: strategy {strategy!r} is not defined; allowed values are "
+                          f"{sorted(strategies)} (the keys of 'strategies')")
+    sources = strategies[strategy] or []
+    allowed = list(BASE_SOURCES) + sorted(PROMPTS)
+    for source in sources:
+        if source not in allowed:
+            raise ParamsError(f"params.yaml: strategies.{strategy} lists unknown source {source!r}; "
+                              f"allowed sources are {allowed}")
+    return list(sources)
+
+
+def prompt_spec(prompt_id: str):
+    if prompt_id not in PROMPTS:
+        raise ParamsError(f"unknown prompt {prompt_id!r}; allowed values are {sorted(PROMPTS)}")
+    return PROMPTS[prompt_id]

@@ -1,0 +1,72 @@
+"""The data contract every dataset source delivers to the pipeline.
+
+A source (demo, movielens-1m, amazon-software) writes one directory, `data/dataset/`, holding:
+
+- `items.jsonl`: one record per item: `item_id` (str), `title` (str), `description` (str, may be
+  empty), `image` (path of the image file relative to the dataset directory, or null).
+- `interactions.csv`: columns `user_id,item_id,rating,timestamp` (ids as strings; rating may be
+  empty for sources that are implicit already; timestamp in seconds, may be empty).
+- `images/`: the image files that `items.jsonl` refers to.
+- `source.json`: what the source was and how it was obtained (free-form provenance).
+
+Everything downstream (filter, split, generate, embed) reads only this contract.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from xreflect.io import read_jsonl, write_jsonl
+
+ITEMS_FILE = "items.jsonl"
+INTERACTIONS_FILE = "interactions.csv"
+IMAGES_DIR = "images"
+INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    title: str
+    description: str
+    image: str | None  # relative to the dataset directory
+
+    def image_path(self, dataset_dir: str | Path) -> Path | None:
+        return None if self.image is None else Path(dataset_dir) / self.image
+
+
+def write_items(path: str | Path, items: list[Item]) -> None:
+    write_jsonl(path, (asdict(item) for item in items))
+
+
+def read_items(path: str | Path) -> list[Item]:
+    items = []
+    for number, record in enumerate(read_jsonl(path), start=1):
+        missing = {"item_id", "title", "description", "image"} - record.keys()
+        if missing:
+            raise ValueError(f"{path}, record {number}: missing field(s) {sorted(missing)}; "
+                             "every item needs item_id, title, description and image (null if none)")
+        items.append(Item(str(record["item_id"]), record["title"] or "", record["description"] or "",
+                          record["image"]))
+    ids = [item.item_id for item in items]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"{path}: duplicate item_id(s) {dupes}; each item must appear once")
+    return items
+
+
+def write_interactions(path: str | Path, frame: pd.DataFrame) -> None:
+    from xreflect.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame[INTERACTION_COLUMNS].to_csv(tmp, index=False)
+
+
+def read_interactions(path: str | Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str})
+    missing = set(INTERACTION_COLUMNS) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected {INTERACTION_COLUMNS}")
+    return frame

@@ -1,0 +1,50 @@
+"""From the data contract to the filtered, indexed interaction set and its report."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from xreflect.data.contract import Item
+from xreflect.data.kcore import k_core, to_implicit
+
+
+@dataclass(frozen=True)
+class Filtered:
+    items: list[Item]     # row i = item index i
+    users: list[str]      # row u = user index u
+    pairs: np.ndarray     # int32 [n, 2] (user index, item index), sorted
+
+
+def counts(pairs: pd.DataFrame) -> dict[str, float]:
+    n_users, n_items = pairs["user_id"].nunique(), pairs["item_id"].nunique()
+    return {"interactions": int(len(pairs)), "users": int(n_users), "items": int(n_items),
+            "density": float(len(pairs) / (n_users * n_items)) if n_users and n_items else 0.0}
+
+
+def filter_dataset(items: list[Item], interactions: pd.DataFrame, k: int) -> tuple[Filtered, dict]:
+    """Implicit feedback, interactions on unknown items dropped, then the k-core; returns the
+    indexed result and a report of the counts before and after."""
+    known = {item.item_id for item in items}
+    implicit = to_implicit(interactions)
+    unknown = ~implicit["item_id"].isin(known)
+    kept = k_core(implicit[~unknown], k)
+    by_id = {item.item_id: item for item in items}
+    item_ids = sorted(kept["item_id"].unique())
+    user_ids = sorted(kept["user_id"].unique())
+    item_index = {item_id: i for i, item_id in enumerate(item_ids)}
+    user_index = {user_id: u for u, user_id in enumerate(user_ids)}
+    pairs = np.column_stack([kept["user_id"].map(user_index).to_numpy(),
+                             kept["item_id"].map(item_index).to_numpy()]).astype(np.int32)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    filtered_items = [by_id[item_id] for item_id in item_ids]
+    report = {
+        "raw": {"ratings": int(len(interactions)), **counts(implicit)},
+        "interactions_on_unknown_items": int(unknown.sum()),
+        "filtered": counts(kept),
+        "min_interactions": k,
+        "items_with_text": sum(bool(item.description.strip()) for item in filtered_items),
+        "items_with_image": sum(item.image is not None for item in filtered_items),
+    }
+    return Filtered(filtered_items, user_ids, pairs), report

@@ -1,0 +1,32 @@
+"""Dataset sources: each one produces the data contract (xreflect.data.contract) in a directory.
+
+A source is `prepare(out_dir, name, entry, params)`: `entry` is its `datasets.<name>` section of
+params.yaml and `params` the whole file (for sections such as `data`). Modules load lazily so that
+the demo needs none of the download machinery.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable
+
+from xreflect.config import ParamsError
+
+SOURCES = {
+    "demo": "xreflect.data.demo:prepare",
+    "movielens-1m": "xreflect.data.movielens:prepare",
+    "amazon-software": "xreflect.data.amazon:prepare",
+}
+
+
+def get_source(name: str, entry: dict[str, Any]) -> Callable[..., None]:
+    source = entry.get("source")
+    if source not in SOURCES:
+        raise ParamsError(f"params.yaml: datasets.{name}.source is {source!r}; allowed values are "
+                          f"{sorted(SOURCES)}")
+    module_name, function_name = SOURCES[source].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def prepare_dataset(out_dir: Path, name: str, entry: dict[str, Any], params: dict[str, Any]) -> None:
+    get_source(name, entry)(out_dir, name, entry, params)
