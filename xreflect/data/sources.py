@@ -13,7 +13,7 @@ from typing import Any, Callable
 from xreflect.config import ParamsError
 
 SOURCES = {
-    "demo": "xreflect.data.demo:prepare",
+    "demo": "xreflect.data.sources:prepare_demo",
     "movielens-1m": "xreflect.data.movielens:prepare",
     "amazon-software": "xreflect.data.amazon:prepare",
 }
@@ -30,3 +30,12 @@ def get_source(name: str, entry: dict[str, Any]) -> Callable[..., None]:
 
 def prepare_dataset(out_dir: Path, name: str, entry: dict[str, Any], params: dict[str, Any]) -> None:
     get_source(name, entry)(out_dir, name, entry, params)
+
+
+def prepare_demo(out_dir: Path, name: str, entry: dict[str, Any], params: dict[str, Any]) -> None:
+    """The synthetic demo, generated from `data.demo` in params.yaml (no network)."""
+    from xreflect.data.demo import build_demo
+
+    config = (params.get("data") or {}).get("demo") or {}
+    build_demo(out_dir, seed=int(config.get("seed", 0)), n_users=int(config.get("n_users", 400)),
+               n_items=int(config.get("n_items", 500)), image_size=int(config.get("image_size", 96)))
