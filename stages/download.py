@@ -1,6 +1,6 @@
 """DVC stage `download`: obtain the chosen dataset and write it as the data contract.
 
-Reads params: dataset, datasets, data. Writes data/dataset/ (items.jsonl, interactions.csv,
+Reads params: dataset, datasets.<dataset>. Writes data/dataset/ (items.jsonl, interactions.csv,
 images/, source.json); see xreflect/data/contract.py.
 """
 from __future__ import annotations

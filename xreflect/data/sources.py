@@ -1,7 +1,7 @@
 """Dataset sources: each one produces the data contract (xreflect.data.contract) in a directory.
 
 A source is `prepare(out_dir, name, entry, params)`: `entry` is its `datasets.<name>` section of
-params.yaml and `params` the whole file (for sections such as `data`). Modules load lazily so that
+params.yaml and `params` the whole file. Modules load lazily so that
 the demo needs none of the download machinery.
 """
 from __future__ import annotations
@@ -33,9 +33,9 @@ def prepare_dataset(out_dir: Path, name: str, entry: dict[str, Any], params: dic
 
 
 def prepare_demo(out_dir: Path, name: str, entry: dict[str, Any], params: dict[str, Any]) -> None:
-    """The synthetic demo, generated from `data.demo` in params.yaml (no network)."""
+    """The synthetic demo, generated from `datasets.<name>.generator` in params.yaml (no network)."""
     from xreflect.data.demo import build_demo
 
-    config = (params.get("data") or {}).get("demo") or {}
+    config = entry.get("generator") or {}
     build_demo(out_dir, seed=int(config.get("seed", 0)), n_users=int(config.get("n_users", 400)),
                n_items=int(config.get("n_items", 500)), image_size=int(config.get("image_size", 96)))
