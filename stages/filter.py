@@ -35,7 +35,8 @@ def main() -> None:
         pd.DataFrame({"user_id": filtered.users}).to_csv(tmp, index=False)
     write_npy(OUT / "pairs.npy", filtered.pairs)
     source = DATASET / "source.json"
-    write_json(REPORT, {"dataset": name, **report,
+    # paper_table1: the paper's Table 1 figures for this dataset, shown next to what the filter kept.
+    write_json(REPORT, {"dataset": name, **report, "paper_table1": entry.get("paper_table1"),
                         "source": read_json(source) if source.exists() else None})
     print(f"filter: {report['filtered']}", file=sys.stderr)
 

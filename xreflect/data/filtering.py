@@ -23,6 +23,13 @@ def counts(pairs: pd.DataFrame) -> dict[str, float]:
             "density": float(len(pairs) / (n_users * n_items)) if n_users and n_items else 0.0}
 
 
+def item_counts(items: list[Item]) -> dict[str, int]:
+    with_text = sum(bool(item.description.strip()) for item in items)
+    with_image = sum(item.image is not None for item in items)
+    return {"items": len(items), "with_text": with_text, "without_text": len(items) - with_text,
+            "with_image": with_image, "without_image": len(items) - with_image}
+
+
 def filter_dataset(items: list[Item], interactions: pd.DataFrame, k: int) -> tuple[Filtered, dict]:
     """Implicit feedback, interactions on unknown items dropped, then the k-core; returns the
     indexed result and a report of the counts before and after."""
@@ -46,5 +53,8 @@ def filter_dataset(items: list[Item], interactions: pd.DataFrame, k: int) -> tup
         "min_interactions": k,
         "items_with_text": sum(bool(item.description.strip()) for item in filtered_items),
         "items_with_image": sum(item.image is not None for item in filtered_items),
+        "items_without_text": sum(not item.description.strip() for item in filtered_items),
+        "items_without_image": sum(item.image is None for item in filtered_items),
+        "catalog": item_counts(items),  # every item the source delivered, before filtering
     }
     return Filtered(filtered_items, user_ids, pairs), report
