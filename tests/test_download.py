@@ -151,3 +151,13 @@ def test_images_first_usable_url_failures_remembered(server, tmp_path):
     assert len(server.log) == requests  # successes cached, 404 and undecodable remembered
     assert again["corrupt"].errors == results["corrupt"].errors
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.part")) == []
+
+
+def test_unresolvable_host_fails_fast_without_backoff(tmp_path):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="unresolvable.invalid"):
+        fetch_file("http://unresolvable.invalid/x.bin", tmp_path / "x.bin",
+                   Settings(retries=3, backoff_s=5, progress=False))
+    assert time.monotonic() - start < 5

@@ -51,6 +51,10 @@ class ChecksumError(DownloadError):
 class _Transient(Exception):
     """A failure worth retrying (connection, timeout, 5xx, short read)."""
 
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry  # False: not now (the host name does not resolve: offline), but next run
+
 
 class _Permanent(Exception):
     """A failure retrying will not fix (404, 403, ...): try the next URL."""
@@ -210,6 +214,8 @@ def _download(url: str, part: Path, timeout_s: float, settings: Settings,
             _attempt(url, part, timeout_s)
             return
         except _Transient as err:
+            if not err.retry:
+                raise
             if attempt == settings.retries:
                 raise _Transient(f"{err} (gave up after {attempt + 1} attempts)") from err
             wait = settings.backoff_s * (2 ** attempt)
@@ -247,7 +253,9 @@ def _attempt(url: str, part: Path, timeout_s: float) -> None:
     except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError,
             TimeoutError) as err:
         reason = getattr(err, "reason", err)
-        raise _Transient(f"{type(err).__name__}: {reason}") from err
+        # An unresolvable host name (typically: offline) is not retried with backoff in this run.
+        raise _Transient(f"{type(err).__name__}: {reason}",
+                         retry=not isinstance(reason, socket.gaierror)) from err
     size = part.stat().st_size
     if expected is not None and size != expected:
         raise _Transient(f"transfer ended early ({size} of {expected} bytes)")
