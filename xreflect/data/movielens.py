@@ -10,6 +10,7 @@ and `ml-1m/users.dat` (UserID::Gender::Age::Occupation::Zip-code), all latin-1 t
 """
 from __future__ import annotations
 
+import io
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -67,6 +68,20 @@ def _int(value: str, source: str, number: int, line: str, what: str) -> int:
 
 
 def parse_ratings(lines: Iterator[str], source: str) -> pd.DataFrame:
+    """Ratings as interactions (ids as strings). A vectorised read handles the well-formed file;
+    anything else goes through the line-by-line parser, which names the bad line."""
+    text = "\n".join(lines)
+    columns = ["user_id", "item_id", "rating", "timestamp"]
+    try:
+        frame = pd.read_csv(io.StringIO(text.replace("::", "\t")), sep="\t", header=None, names=columns)
+    except (ValueError, pd.errors.ParserError):
+        frame = None
+    if frame is not None and all(pd.api.types.is_integer_dtype(frame[c]) for c in columns):
+        return frame.astype({"user_id": str, "item_id": str})
+    return _parse_ratings_by_line(iter(text.splitlines()), source)
+
+
+def _parse_ratings_by_line(lines: Iterator[str], source: str) -> pd.DataFrame:
     rows = []
     for number, line, (user, movie, rating, stamp) in _fields(lines, source, 4):
         rows.append((str(_int(user, source, number, line, "UserID")),
