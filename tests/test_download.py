@@ -138,6 +138,7 @@ def test_images_first_usable_url_failures_remembered(server, tmp_path):
         "corrupt": [server.add("/corrupt.jpg", CORRUPT_IMAGE)],
         "flaky": [server.add("/flaky.jpg", good, fail_first=2)],
         "none": [],
+        "shares-good": [server.url("/good.jpg")],  # same URL as "good": fetched once
     }
     results = fetch_images(candidates, tmp_path / "cache", FAST)
     assert results["good"].path.read_bytes() == good
@@ -146,6 +147,7 @@ def test_images_first_usable_url_failures_remembered(server, tmp_path):
     assert results["corrupt"].path is None and "does not decode" in results["corrupt"].errors[0]
     assert "/corrupt.jpg" in results["corrupt"].errors[0]
     assert results["none"].path is None and results["none"].errors == []
+    assert results["shares-good"].path == results["good"].path and len(server.requests_to("/good.jpg")) == 1
     requests = len(server.log)
     again = fetch_images(candidates, tmp_path / "cache", FAST)
     assert len(server.log) == requests  # successes cached, 404 and undecodable remembered

@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -278,9 +279,20 @@ def check_image(path: Path) -> str:
         return (image.format or "img").lower()
 
 
+_url_locks: dict[str, threading.Lock] = {}
+_url_locks_guard = threading.Lock()
+
+
 def fetch_image(url: str, cache_dir: Path, settings: Settings) -> tuple[Path | None, str | None]:
     """(cached file, None) or (None, why not). Permanent failures are remembered in the cache."""
     key = url_key(url)
+    with _url_locks_guard:  # two items may share an image URL: one download, one .part writer
+        lock = _url_locks.setdefault(key, threading.Lock())
+    with lock:
+        return _fetch_image(url, key, cache_dir, settings)
+
+
+def _fetch_image(url: str, key: str, cache_dir: Path, settings: Settings) -> tuple[Path | None, str | None]:
     cached, failed = cache_dir / key, cache_dir / f"{key}.failed"
     if cached.is_file():
         return cached, None
