@@ -38,3 +38,10 @@ def test_shipped_params_are_consistent():
     for strategy in params["strategies"]:
         strategy_sources(params, strategy)
     assert len(params["strategies"]) == 13
+
+
+def test_params_parse_with_dvcs_yaml_parser():
+    # DVC reads params.yaml with ruamel, which is stricter than PyYAML (e.g. ':' in flow lists).
+    import ruamel.yaml
+
+    assert ruamel.yaml.YAML(typ="safe").load(open("params.yaml", encoding="utf-8"))["dataset"] == "demo"
