@@ -103,6 +103,8 @@ def test_pixel_stats_embedding():
     # the same poster shifted a little is closer than a different colour, tone and shape
     assert vectors[0] @ vectors[1] > 0.9 > vectors[0] @ vectors[2]
     assert pixel_stats_embedding([]).shape == (0, EMBEDDING_DIM)
+    with_missing = pixel_stats_embedding([images[0], None])
+    assert np.array_equal(with_missing[0], vectors[0]) and not with_missing[1].any()
 
 
 def test_embedding_separates_shapes_of_the_same_colours():

@@ -383,10 +383,10 @@ def pixel_stats_features(rgb: np.ndarray) -> np.ndarray:
 EMBEDDING_DIM = 24 + 3 + 8 + 4 + 48 + 16 + 9 + (len(SHAPES) + 2 + 3) + 4  # = 128
 
 
-def pixel_stats_embedding(images: list[bytes]) -> np.ndarray:
+def pixel_stats_embedding(images: list[bytes | None]) -> np.ndarray:
     """Deterministic image encoder needing no download: (len(images), EMBEDDING_DIM) float32,
-    L2-normalised rows of colour histograms, 4x4 layout grids, edge orientations and shape stats."""
-    if not images:
-        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    rows = [pixel_stats_features(load_rgb(data)) for data in images]
-    return np.stack(rows).astype(np.float32)
+    L2-normalised rows of colour histograms, 4x4 layout grids, edge orientations and shape stats.
+    A missing image (None) gets a zero row, so text-only items keep their place."""
+    rows = [np.zeros(EMBEDDING_DIM, dtype=np.float32) if data is None else pixel_stats_features(load_rgb(data))
+            for data in images]
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
