@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait", action="store_true", help="poll: wait until the batch ends")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between polls")
     parser.add_argument("--results", help="merge: a local results file (vllm run-batch -o)")
+    parser.add_argument("--backbone", help="use this backbone instead of params' `backbone`")
     args = parser.parse_args(argv)
     params = load_params()
+    params["backbone"] = args.backbone or params.get("backbone")
     name, backbone = choose(params, "backbone", "backbones")
     backend = create_backend(name, params.get("backbones") or {})
     if not isinstance(backend, OpenAIBackend):

@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expected-output-tokens", type=int, default=None,
                         help="typical answer length (default: generate.expected_output_tokens or 300)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--backbone", help="estimate for this backbone instead of params' `backbone`")
     args = parser.parse_args(argv)
     params = load_params()
+    params["backbone"] = args.backbone or params.get("backbone")
     settings = params.get("generate") or {}
     expected = args.expected_output_tokens or int(settings.get("expected_output_tokens", 300))
     cache = ResponseCache()
