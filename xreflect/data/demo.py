@@ -29,9 +29,11 @@ probability proportional to exp(SHARPNESS * a(u, i) + p_i) (Gumbel top-k). Ratin
 round(2.4 + z + N(0, 0.6)), clipped, where z is the affinity standardised over the user's whole
 catalogue; timestamps are increasing per user.
 
-Consequences (checked by the fairness check in the README): a recommender that reads only the
-text sees theme and the (75 % correct) colour/tone claims but never the shape; one that also sees
-the image gets shape and the true colour/tone; Item Popularity sees only p_i.
+Consequences: a recommender that reads only the text sees theme and the (75 % correct)
+colour/tone claims but never the shape; one that also sees the image gets shape and the true
+colour/tone; Item Popularity sees only p_i. Measured with default params (ridge user vectors over
+MiniLM / pixel-stats item features, per-user 8:1:1 splits, 100 sampled negatives, test Recall@10,
+3 splits): popularity 0.15 < text 0.29 < text + pixel-stats image 0.51 (true attributes: 0.61).
 
 Files (the contract of xreflect/data/contract.py): items.jsonl, interactions.csv, images/<item_id>.png,
 source.json (the generation params), plus demo_truth.csv (the latent attributes of every item, for
