@@ -224,4 +224,4 @@ def usage_metric(requests: list[Request], records: list[dict], backend: Backend,
     return {"backbone": backend.name, "responses": len(answered), "failed": report.failed, **totals,
             "this_run": {"cached": report.cached, "generated": report.generated,
                          "cost_usd": round(report.new_cost_usd, 6), "wall_s": report.wall_s,
-                         **{k: stats[k] for k in ("requests_sent", "retries") if k in stats}}}
+                         "requests_sent": stats.get("requests_sent", 0), "retries": stats.get("retries", 0)}}
