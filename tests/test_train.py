@@ -95,11 +95,11 @@ def test_unknown_strategy_names_allowed_values():
 
 # ------------------------------------------------------------------------------------ metrics
 
-@settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000))
-def test_torch_metrics_equal_numpy_metrics_with_ties_and_padding(seed):
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), levels=st.sampled_from([1, 2, 3, 50]))
+def test_torch_metrics_equal_numpy_metrics_with_ties_and_padding(seed, levels):
     rng = np.random.default_rng(seed)
-    scores = rng.integers(0, 3, (20, 15)).astype(np.float32)  # many ties
+    scores = rng.integers(0, levels, (20, 15)).astype(np.float32)  # few levels: many ties
     labels = rng.random((20, 15)) < 0.3
     mask = rng.random((20, 15)) < 0.9
     expected = topk_metrics(scores, labels, mask, [1, 3, 10])

@@ -208,16 +208,33 @@ class DirectoryStore:
 
 # ----------------------------------------------------------------------------------------- metrics
 
+def ranked_top_labels(scores: torch.Tensor, positive: torch.Tensor, k: int) -> torch.Tensor:
+    """bool [n_users, k]: whether the candidate at each of the first k ranks is a positive, with
+    ties broken against the positives (the order of xreflect.metrics.rank_candidates).
+
+    No full sort. topk gives the k best score values v_0 >= ... >= v_{k-1}, which do not depend on
+    tie-breaking. Rank j's tie group starts after the candidates scoring strictly more than v_j,
+    all of which are among the top k (so they are counted there); within the group the negatives
+    come first, so rank j holds a positive exactly when j - n_greater(v_j) >= n_neg_equal(v_j).
+    n_neg_equal is read from the top k negative scores: it is exact whenever it could matter
+    (when it is smaller than k minus the negatives scoring more)."""
+    values = torch.topk(scores, k, dim=1).values                                        # [U, k]
+    neg_values = torch.topk(scores.masked_fill(positive, -torch.inf), k, dim=1).values  # [U, k]
+    greater = (values.unsqueeze(1) > values.unsqueeze(2)).sum(2)
+    neg_equal = (neg_values.unsqueeze(1) == values.unsqueeze(2)).sum(2)
+    rank = torch.arange(k, device=scores.device)
+    return (rank - greater >= neg_equal) & torch.isfinite(values)
+
+
 def torch_topk_metrics(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                       ks: list[int]) -> dict[str, float]:
-    """xreflect.metrics.topk_metrics on tensors (same pessimistic ties), fast enough to evaluate
-    every user's 1,000+ candidates in well under a second. Two stable sorts emulate the lexsort:
-    first negatives before positives, then by score descending."""
+                       ks: list[int], chunk: int = 1024) -> dict[str, float]:
+    """xreflect.metrics.topk_metrics on tensors (same pessimistic ties, padding never ranked),
+    without sorting every candidate list: under 1 s for 6,040 users x 1,000+ candidates."""
     scores = torch.where(mask, scores.float(), torch.tensor(-torch.inf, device=scores.device))
     positive = labels & mask
-    by_label = torch.argsort(positive.to(torch.int8), dim=1, stable=True)
-    by_score = torch.argsort(-scores.gather(1, by_label), dim=1, stable=True)
-    ranked = positive.gather(1, by_label.gather(1, by_score[:, :max(ks)])).double()
+    k_max = min(max(ks), scores.shape[1])
+    ranked = torch.cat([ranked_top_labels(scores[i:i + chunk], positive[i:i + chunk], k_max)
+                        for i in range(0, len(scores), chunk)]).double()
     n_pos = positive.sum(1)
     has = n_pos > 0
     ranked, n_pos = ranked[has], n_pos[has].double()
