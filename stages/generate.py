@@ -20,11 +20,21 @@ from xreflect.config import choose, load_params, prompt_spec  # noqa: E402
 from xreflect.cost import Budget, Prices  # noqa: E402
 from xreflect.data.contract import ITEMS_FILE, read_items  # noqa: E402
 from xreflect.generate import RunReport, prompt_requests, run_requests, usage_metric  # noqa: E402
-from xreflect.io import write_json, write_jsonl  # noqa: E402
+from xreflect.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, response_path  # noqa: E402
 from xreflect.prompts import PROMPTS, parse_factor_list  # noqa: E402
 
 METRICS_DIR = Path("metrics/generate")
+# Released KAR knowledge (the paper used the KAR authors' texts for MovieLens-1M); the download
+# stage writes it when datasets.<name>.kar_knowledge is configured.
+KAR_KNOWLEDGE = DATASET_DIR / "kar_knowledge.jsonl"
+
+
+def released_kar_knowledge(item_ids: list[str]) -> dict[str, str]:
+    if not KAR_KNOWLEDGE.exists():
+        return {}
+    wanted = set(item_ids)
+    return {r["item_id"]: r["knowledge"] for r in read_jsonl(KAR_KNOWLEDGE) if r["item_id"] in wanted}
 
 
 def main() -> None:
@@ -35,7 +45,11 @@ def main() -> None:
     params = load_params()
     settings = params.get("generate") or {}
     items = read_items(FILTERED_DIR / ITEMS_FILE)
-    requests = prompt_requests(prompt_id, params, items, DATASET_DIR)
+    released = released_kar_knowledge([item.item_id for item in items]) if prompt_id == "kar" else {}
+    if released:
+        print(f"[kar] {len(released)} of {len(items)} items use the released KAR knowledge in "
+              f"{KAR_KNOWLEDGE}; the backbone writes the rest", file=sys.stderr)
+    requests = prompt_requests(prompt_id, params, [i for i in items if i.item_id not in released], DATASET_DIR)
     backbone_name, backbone = choose(params, "backbone", "backbones")
     backend = create_backend(backbone_name, params.get("backbones") or {})
     prices = Prices.from_config(backbone)
@@ -50,6 +64,11 @@ def main() -> None:
     finally:
         backend.close()
         cache.close()
+    if released:
+        by_item = {r["item_id"]: r for r in records}
+        by_item.update({item_id: {"item_id": item_id, "text": text, "key": None, "model": "released",
+                                  "failed": False} for item_id, text in released.items()})
+        records = [by_item[item.item_id] for item in items]
     if not spec.per_item:  # asked once per dataset (KAR's factor list)
         records = [{**records[0], "factors": parse_factor_list(records[0]["text"])}]
     write_jsonl(response_path(prompt_id), records)
