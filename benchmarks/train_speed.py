@@ -2,11 +2,11 @@
 
     python -m benchmarks.train_speed --scale ml1m            # MovieLens-1M size, 384-d and 1,152-d
     python -m benchmarks.train_speed --scale amazon          # Amazon-Software size
-    python -m benchmarks.train_speed --scale ml1m --quick    # time a few batches per epoch and extrapolate
+    python -m benchmarks.train_speed --scale ml1m --quick    # time 12 batches each and extrapolate
 
 Builds a synthetic problem of the given size (long-tail item popularity, clustered item features
 that users' tastes follow), times one epoch of each implementation in the same process (so the
-ratio holds on a noisy machine), times evaluation of every user's candidates, and projects the
+ratio holds on a noisy machine: they take turns batch by batch), times evaluation of every user's candidates, and projects the
 wall time of the full lr x dropout grid x 5 splits for one strategy. Not a test: run it by hand.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; before importing torch
@@ -89,51 +90,58 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def truncated(samples: Samples, n_batches: int | None, batch_size: int) -> Samples:
-    if n_batches is None:
-        return samples
-    n = min(len(samples), n_batches * batch_size)
-    return Samples(samples.users[:n], samples.items[:n], samples.labels[:n])
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def time_epoch(step, samples: Samples, n_batches: int | None, batch_size: int, device: torch.device) -> float:
-    """Seconds for one full epoch (measured on `n_batches` batches and scaled when given)."""
-    part = truncated(samples, n_batches, batch_size)
-    step(truncated(samples, 2, batch_size))  # warm-up (allocator, kernels)
-    sync(device)
-    start = time.perf_counter()
-    step(part)
-    sync(device)
-    return (time.perf_counter() - start) * len(batches(len(samples), batch_size)) / len(batches(len(part), batch_size))
+def batch_slices(samples: Samples, batch_size: int) -> list[Samples]:
+    return [Samples(samples.users[b], samples.items[b], samples.labels[b])
+            for b in batches(len(samples), batch_size)]
+
+
+def interleaved_epoch_seconds(steps: dict[str, Callable[[Samples], None]], samples: Samples, batch_size: int,
+                              device: torch.device, max_batches: int | None) -> dict[str, float]:
+    """Seconds per epoch of each implementation. The implementations take turns batch by batch
+    (same batches, same order), so a change in machine load hits all of them alike; each epoch
+    time is the median batch time x batches per epoch (an exact epoch when all batches run)."""
+    parts = batch_slices(samples, batch_size)
+    timed = parts if max_batches is None else parts[:max_batches]
+    for step in steps.values():  # warm-up: allocator, kernels
+        step(parts[0])
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for part in timed:
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step(part)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    if max_batches is None:
+        return {name: float(np.sum(t)) for name, t in times.items()}
+    return {name: float(np.median(t)) * len(parts) for name, t in times.items()}
 
 
 def bench_features(split: Split, features: np.ndarray, config: TrainConfig, device: torch.device,
-                   n_batches: int | None, reference: bool) -> dict[str, float]:
+                   max_batches: int | None, reference: bool) -> dict[str, float]:
     feats = torch.as_tensor(features, device=device)
-    pool = negative_pool(split)
-    samples = epoch_samples(split.train, pool, config, 1, device)
+    samples = epoch_samples(split.train, negative_pool(split), config, 1, device)
     grid = config.grid()
     init = init_state(split.n_users, feats.shape[1], list(config.item_hidden), config.dim, 0)
-    out: dict[str, float] = {"samples": len(samples)}
-
     stack = StackedTwoTower([init] * len(grid), feats, [p.dropout for p in grid], list(range(len(grid))))
-    optimizer = StackedAdamW(stack.params, [p.lr for p in grid], config.weight_decay)
-    out["stack_epoch"] = time_epoch(lambda s: train_epoch_stacked(stack, optimizer, s, config.batch_size),
-                                    samples, n_batches, config.batch_size, device)
+    stack_opt = StackedAdamW(stack.params, [p.lr for p in grid], config.weight_decay)
     single = StackedTwoTower([init], feats, [grid[0].dropout], [0])
-    optimizer1 = StackedAdamW(single.params, [grid[0].lr], config.weight_decay)
-    out["single_epoch"] = time_epoch(lambda s: train_epoch_stacked(single, optimizer1, s, config.batch_size),
-                                     samples, n_batches, config.batch_size, device)
+    single_opt = StackedAdamW(single.params, [grid[0].lr], config.weight_decay)
+    steps: dict[str, Callable[[Samples], None]] = {
+        "stack_epoch": lambda s: train_epoch_stacked(stack, stack_opt, s, config.batch_size),
+        "single_epoch": lambda s: train_epoch_stacked(single, single_opt, s, config.batch_size),
+    }
     if reference:
         model = TwoTower(init, feats, grid[0].dropout).to(device)
         ref_opt = torch.optim.AdamW(model.parameters(), lr=grid[0].lr, weight_decay=config.weight_decay)
-        out["reference_epoch"] = time_epoch(lambda s: train_epoch_reference(model, ref_opt, s, config.batch_size),
-                                            samples, n_batches, config.batch_size, device)
+        steps["reference_epoch"] = lambda s: train_epoch_reference(model, ref_opt, s, config.batch_size)
+    out = interleaved_epoch_seconds(steps, samples, config.batch_size, device, max_batches)
+    out["samples"] = len(samples)
     valid = EvalSet.of(candidates(split, "valid"), device)
     for name, model_ in (("eval_single", single), ("eval_stack", stack)):
         model_.scores(valid.users, valid.items)  # warm-up
@@ -150,7 +158,7 @@ def bench_features(split: Split, features: np.ndarray, config: TrainConfig, devi
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="ml1m")
-    parser.add_argument("--quick", action="store_true", help="time 15 batches per epoch and extrapolate")
+    parser.add_argument("--quick", action="store_true", help="time 12 batches per implementation and extrapolate (median)")
     parser.add_argument("--dims", type=int, nargs="+", default=[384, 1152])
     parser.add_argument("--no-reference", action="store_true", help="skip the per-sample reference")
     parser.add_argument("--early-stop", action="store_true",
@@ -173,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
           f"({len(split.train):,} train), {split.eval_negatives.shape[1]} eval negatives; "
           f"built in {time.perf_counter() - start:.1f} s; tower {list(config.item_hidden)}, "
           f"batch {config.batch_size}, grid {len(config.grid())} points"
-          + (" [quick: 15 batches per epoch, extrapolated]" if args.quick else ""))
+          + (" [quick: median of 12 interleaved batches x batches per epoch]" if args.quick else ""))
     for d, feats in features.items():
-        r = bench_features(split, feats, config, device, 15 if args.quick else None, not args.no_reference)
+        r = bench_features(split, feats, config, device, 12 if args.quick else None, not args.no_reference)
         epochs, how = args.epochs, "assumed"
         if args.early_stop:
             fit = train_grid(split, feats, config, device=device, log=lambda m: None)

@@ -142,22 +142,15 @@ class StackedTwoTower:
 
     def item_vectors(self, items: Tensor, training: bool) -> Tensor:
         """[G, len(items), dim] item-tower outputs for `items` (each should be distinct)."""
-        x = self.features[items]  # [M, d], shared by all grid points
+        h = self.features[items]  # [M, d], shared by all grid points: [M, d] @ [G, d, out] broadcasts
         if training and self.layers == 1:
-            x = self._dropout(x.expand(self.size, *x.shape))
-            h = torch.baddbmm(self.params["b0"], x, self.params["w0"])
-        else:
-            # The first layer's input is shared, so all grid points' first layers are one
-            # [M, d] @ [d, G * out] matmul (faster than a broadcast batched matmul).
-            w0 = self.params["w0"]
-            size, d, out = w0.shape
-            h = (x @ w0.permute(1, 0, 2).reshape(d, size * out)).view(-1, size, out).transpose(0, 1)
-            h = h + self.params["b0"]
-        for layer in range(1, self.layers):
-            h = torch.relu(h)
-            if training:
-                h = self._dropout(h)
-            h = torch.baddbmm(self.params[f"b{layer}"], h, self.params[f"w{layer}"])
+            h = self._dropout(h.expand(self.size, *h.shape))
+        for layer in range(self.layers):
+            if layer > 0:
+                h = torch.relu(h)
+                if training:
+                    h = self._dropout(h)
+            h = torch.matmul(h, self.params[f"w{layer}"]) + self.params[f"b{layer}"]
         return h
 
     def logits(self, users: Tensor, items: Tensor) -> Tensor:
@@ -210,36 +203,38 @@ def stacked_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 class StackedAdamW:
     """AdamW (decoupled weight decay, bias-corrected moments) over stacked parameters with one
-    learning rate per grid point. Each grid point's slices go through torch's fused AdamW kernel
-    (one pass over memory per tensor instead of ~10 elementwise ops), the same kernel as
-    torch.optim.AdamW(fused=True); torch's optimizers take one lr per parameter group, hence the
-    per-point calls on views."""
+    learning rate per grid point; arithmetic follows torch.optim.AdamW's default implementation
+    (torch's optimizers take one lr per parameter group, and a grid point is a slice here).
+    torch's fused AdamW kernel applied per slice measured only 2-3% faster, so plain ops it is."""
 
     def __init__(self, params: dict[str, Tensor], lr: list[float], weight_decay: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         device = next(iter(params.values())).device
-        self.lr = list(lr)
+        self.lr = torch.tensor(lr, dtype=torch.float32, device=device)
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
-        self.step_count = torch.zeros((), dtype=torch.float32, device=device)
+        self.steps = 0
 
     @torch.no_grad()
     def step(self, params: dict[str, Tensor]) -> None:
-        self.step_count += 1
-        names = list(params)
-        for row, lr in enumerate(self.lr):
-            torch._fused_adamw_(
-                [params[n].data[row] for n in names], [params[n].grad[row] for n in names],
-                [self.exp_avg[n][row] for n in names], [self.exp_avg_sq[n][row] for n in names], [],
-                [self.step_count] * len(names), lr=lr, beta1=self.betas[0], beta2=self.betas[1],
-                weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
-        for p in params.values():
+        self.steps += 1
+        beta1, beta2 = self.betas
+        correction1 = 1 - beta1 ** self.steps
+        correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
+        for name, p in params.items():
+            lr = self.lr.view(-1, *([1] * (p.dim() - 1)))  # one learning rate per grid point
+            m, v, grad = self.exp_avg[name], self.exp_avg_sq[name], p.grad
+            p.mul_(1 - lr * self.weight_decay)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / correction2_sqrt).add_(self.eps)
+            p.sub_(m / denom * (lr / correction1))
             p.grad = None
 
     def keep(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=self.step_count.device)
-        self.lr = [self.lr[r] for r in rows]
+        index = torch.tensor(rows, device=self.lr.device)
+        self.lr = self.lr[index]
         for store in (self.exp_avg, self.exp_avg_sq):
             for name, value in store.items():
                 store[name] = value.index_select(0, index)
