@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xreflect.data.split import Split, candidates, make_split  # noqa: E402
 from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, init_state  # noqa: E402
 from xreflect.negatives import negative_pool  # noqa: E402
-from xreflect.train import (EvalSet, Samples, TrainConfig, batches, default_device, epoch_samples,  # noqa: E402
-                            train_epoch_reference, train_epoch_stacked, train_grid)
+from xreflect.train import (EvalSet, Samples, TrainConfig, batches, default_device, default_stack_size,  # noqa: E402
+                            epoch_samples, train_epoch_reference, train_epoch_stacked, train_grid)
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> None:
             fit = train_grid(split, feats, config, device=device, log=lambda m: None)
             epochs, how = float(np.mean([p.epochs_run for p in fit.points])), "measured"
         n_grid, n_splits, n_evals = len(config.grid()), 5, epochs / config.eval_every
-        per_point = r["stack_epoch"] / n_grid
-        fast_total = n_splits * (r["stack_epoch"] * epochs + r["eval_stack"] * n_evals)
+        stacked = default_stack_size(device, n_grid) > 1  # what train_grid does on this device
+        per_point = r["stack_epoch"] / n_grid if stacked else r["single_epoch"]
+        per_point_eval = r["eval_stack"] / n_grid if stacked else r["eval_single"]
+        fast_total = n_splits * n_grid * (per_point * epochs + per_point_eval * n_evals)
         print(f"\n[{d}-d features]")
         print(f"  fast, 9-point stack : {r['stack_epoch']:.2f} s/epoch = {per_point:.2f} s per grid point, "
               f"{r['samples'] * n_grid / r['stack_epoch']:,.0f} samples/s")
@@ -198,13 +200,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  evaluation, all users (positives + {split.eval_negatives.shape[1]} negatives): "
               f"{r['eval_single']:.3f} s per model, {r['eval_stack']:.3f} s for the 9-point stack")
         print(f"  epochs per grid point ({how}): {epochs:.1f}")
-        print(f"  projected grid x {n_splits} splits, one strategy: {fast_total / 3600:.2f} h")
+        print(f"  projected grid x {n_splits} splits, one strategy: {fast_total / 3600:.2f} h "
+              f"(grid points {'stacked' if stacked else 'one at a time'}, as train_grid does on {device.type})")
         if "reference_epoch" in r:
             ref_total = n_splits * n_grid * (r["reference_epoch"] * epochs + r["eval_single"] * n_evals)
             print(f"  reference per-sample: {r['reference_epoch']:.2f} s/epoch, "
                   f"{r['samples'] / r['reference_epoch']:,.0f} samples/s; projected {ref_total / 3600:.2f} h")
-            print(f"  speed-up per grid-point epoch: {r['reference_epoch'] / per_point:.1f}x "
-                  f"(single point without stacking: {r['reference_epoch'] / r['single_epoch']:.1f}x)")
+            print(f"  speed-up per grid-point epoch: {r['reference_epoch'] / r['single_epoch']:.1f}x one point at a "
+                  f"time, {r['reference_epoch'] * n_grid / r['stack_epoch']:.1f}x stacked")
         print(f"  peak memory so far: {peak_memory_mb(device):,.0f} MiB")
 
 

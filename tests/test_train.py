@@ -217,27 +217,45 @@ class InterruptingStore(DirectoryStore):
         super().save(point, result, state)
 
 
-def test_resume_trains_only_unfinished_points(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stack_size", [1, 4])
+def test_resume_trains_only_unfinished_points(tmp_path, monkeypatch, stack_size):
     split, feats = planted(n_users=60, n_items=80)
     config = TrainConfig.from_params({**SMALL, "lr": [0.01, 0.003], "dropout": [0.1, 0.5], "max_epochs": 20,
                                       "patience": 1})
-    trained_counts: list[int] = []
+    trained: list[int] = []  # grid points passed to the trainer
     real = train_mod.train_points
     def counting(split, features, config, points, *args, **kwargs):
-        trained_counts.append(len(points))
+        trained.extend([1] * len(points))
         return real(split, features, config, points, *args, **kwargs)
     monkeypatch.setattr(train_mod, "train_points", counting)
+    store = lambda: DirectoryStore(tmp_path / "store")  # noqa: E731
 
     with pytest.raises(Interrupted):
-        train_grid(split, feats, config, InterruptingStore(tmp_path / "store", allow=2), log=quiet)
+        train_grid(split, feats, config, InterruptingStore(tmp_path / "store", allow=2), log=quiet,
+                   stack_size=stack_size)
     assert len(list((tmp_path / "store").glob("*.npz"))) == 2
-    resumed = train_grid(split, feats, config, DirectoryStore(tmp_path / "store"), log=quiet)
-    assert trained_counts == [4, 2]
-    again = train_grid(split, feats, config, DirectoryStore(tmp_path / "store"), log=quiet)
-    assert trained_counts == [4, 2]  # everything restored, nothing trained
-    uninterrupted = train_grid(split, feats, config, None, log=quiet)
+    trained.clear()
+    resumed = train_grid(split, feats, config, store(), log=quiet, stack_size=stack_size)
+    assert len(trained) == 2  # only the two unfinished points
+    trained.clear()
+    again = train_grid(split, feats, config, store(), log=quiet, stack_size=stack_size)
+    assert len(trained) == 0  # everything restored, nothing trained
+    uninterrupted = train_grid(split, feats, config, None, log=quiet, stack_size=stack_size)
     assert resumed.chosen == uninterrupted.chosen == again.chosen
     np.testing.assert_allclose(resumed.test_scores, uninterrupted.test_scores, rtol=1e-4, atol=1e-4)
+
+    # Only the chosen point keeps its parameters; the others keep their results.
+    grid = config.grid()
+    with_state = [p for p in grid if store().load(p)[1] is not None]
+    assert with_state == [grid[resumed.chosen]]
+    # A changed grid that selects a pruned point retrains that point alone, to the same result.
+    other = next(p for p in grid if p != grid[resumed.chosen])
+    alone = TrainConfig.from_params({**SMALL, "lr": [other.lr], "dropout": [other.dropout], "max_epochs": 20,
+                                     "patience": 1})
+    trained.clear()
+    rerun = train_grid(split, feats, alone, store(), log=quiet)
+    assert len(trained) == 1
+    assert rerun.points[0].valid_metrics == pytest.approx(resumed.points[grid.index(other)].valid_metrics, abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------ stage
