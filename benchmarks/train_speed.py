@@ -189,12 +189,12 @@ def main(argv: list[str] | None = None) -> None:
             fit = train_grid(split, feats, config, device=device, log=lambda m: None)
             epochs, how = float(np.mean([p.epochs_run for p in fit.points])), "measured"
         n_grid, n_splits, n_evals = len(config.grid()), 5, epochs / config.eval_every
-        stacked = default_stack_size(device, n_grid) > 1  # what train_grid does on this device
+        stacked = default_stack_size(device, n_grid, r['samples'], config.batch_size) > 1  # as train_grid
         per_point = r["stack_epoch"] / n_grid if stacked else r["single_epoch"]
         per_point_eval = r["eval_stack"] / n_grid if stacked else r["eval_single"]
         fast_total = n_splits * n_grid * (per_point * epochs + per_point_eval * n_evals)
         print(f"\n[{d}-d features]")
-        print(f"  fast, 9-point stack : {r['stack_epoch']:.2f} s/epoch = {per_point:.2f} s per grid point, "
+        print(f"  fast, 9-point stack : {r['stack_epoch']:.2f} s/epoch = {r['stack_epoch'] / n_grid:.2f} s per grid point, "
               f"{r['samples'] * n_grid / r['stack_epoch']:,.0f} samples/s")
         print(f"  fast, single point  : {r['single_epoch']:.2f} s/epoch, {r['samples'] / r['single_epoch']:,.0f} samples/s")
         print(f"  evaluation, all users (positives + {split.eval_negatives.shape[1]} negatives): "

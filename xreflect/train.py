@@ -6,11 +6,11 @@ every `eval_every` epochs and stops after `patience` evaluations without a bette
 metric is chosen, and only its best checkpoint then scores the test candidates, once. Test data are
 never looked at before that.
 
-All grid points train together in one `StackedTwoTower` (see xreflect/model.py); each keeps its own
-early stopping and leaves the stack when it stops. A grid point's random streams (initialisation,
-dropout, negatives, batch order) depend only on the seed and the point itself, so training a point
-alone or beside others, or resuming after an interruption, gives the same result (up to float
-rounding of batched matmuls).
+Grid points train in a `StackedTwoTower` (see xreflect/model.py): all together on a GPU or for
+small data, one at a time on the CPU for large data (see default_stack_size); in a stack each keeps its own early stopping and leaves
+when it stops. A grid point's random streams (initialisation, dropout, negatives, batch order)
+depend only on the seed and the point itself, so training a point alone or beside others, or
+resuming after an interruption, gives the same result (up to float rounding of batched matmuls).
 
 `train_reference` is the plain per-sample implementation of the same model and loop, kept for the
 benchmark and for the equivalence test.
@@ -408,12 +408,17 @@ def _progress(label: str, epoch: int, config: TrainConfig, trackers: list[Tracke
             f"{per_epoch:.2f} s/epoch, at most {worst_left:.0f} s left for this split")
 
 
-def default_stack_size(device: torch.device, n_points: int) -> int:
-    """How many grid points train together. On the CPU stacking measured no faster per point than
-    one at a time (the work is matmul-bound either way; 9x the activations only add cache
-    pressure), and one at a time makes an interruption lose at most one point. On a GPU, stacking
-    fills the device with the small per-point matmuls."""
-    return n_points if device.type == "cuda" else 1
+def default_stack_size(device: torch.device, n_points: int, samples_per_epoch: int, batch_size: int) -> int:
+    """How many grid points train together (measured with benchmarks/train_speed.py, 2 CPU cores):
+    - GPU: all of them; one point's matmuls are too small to fill the device.
+    - CPU, small epochs (the demo: 4 batches): all; stacking amortises per-operation overhead
+      (a 9-point grid 25-35% faster than one point at a time).
+    - CPU, large epochs (MovieLens-1M: 391 batches): one at a time; the work is matmul-bound and
+      nine points' activations only add cache pressure (stacked was 20% slower per point), and an
+      interruption then loses at most one grid point."""
+    if device.type == "cuda" or samples_per_epoch <= 50 * batch_size:
+        return n_points
+    return 1
 
 
 def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: PointStore | None = None,
@@ -439,7 +444,8 @@ def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: P
             store.save(point, result, state)
         done[point] = (result, state)
 
-    size = stack_size or default_stack_size(device, len(todo))
+    samples_per_epoch = len(split.train) * (1 + config.negatives_per_positive)
+    size = max(1, stack_size or default_stack_size(device, len(todo), samples_per_epoch, config.batch_size))
     for start in range(0, len(todo), size):
         train_points(split, feats, config, todo[start:start + size], finish, log, label)
     chosen = grid[choose([done[p][0] for p in grid], config)]
