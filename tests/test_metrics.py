@@ -41,3 +41,10 @@ def test_ndcg_ideal_uses_at_most_k_positives():
     labels = L(True, True, True, False)
     m = topk_metrics(scores, labels, np.ones_like(labels), [2])
     assert m["ndcg@2"] == 1.0 and math.isclose(m["recall@2"], 2 / 3)
+
+
+def test_k_larger_than_the_candidate_list():
+    scores = np.array([[0.9, 0.1]])
+    labels = L(True, False)
+    m = topk_metrics(scores, labels, np.ones_like(labels), [10])
+    assert m["precision@10"] == 0.1 and m["recall@10"] == 1.0 and m["ndcg@10"] == 1.0

@@ -29,7 +29,7 @@ def per_user_metrics(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     for k in ks:
         hits = ranked[:, :k]
         n_hits = hits.sum(axis=1)
-        dcg = (hits * discounts[:k]).sum(axis=1)
+        dcg = (hits * discounts[:hits.shape[1]]).sum(axis=1)  # a user may have fewer than k candidates
         ideal = np.cumsum(discounts[:k])[np.minimum(n_pos, k) - 1]
         out[f"precision@{k}"] = n_hits / k
         out[f"recall@{k}"] = n_hits / n_pos
