@@ -25,7 +25,9 @@ import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from xreflect.config import train_section  # noqa: E402
 from xreflect.data.split import Split  # noqa: E402
+from xreflect.pipeline import check_declared_deps, embedding_path  # noqa: E402
 from xreflect.io import write_json, write_npz  # noqa: E402
 from xreflect.train import (DirectoryStore, TrainConfig, checkpoint_key, load_features, log_stderr,  # noqa: E402
                             popularity, resolve_strategy, train_cache_root, train_grid)
@@ -39,9 +41,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for the fp32 matmuls
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     sources = resolve_strategy(params.get("strategies"), args.strategy)
-    config = TrainConfig.from_params(params.get("train"))
+    check_declared_deps(f"train_{args.strategy}", [embedding_path(source) for source in sources])
+    section, overrides = train_section(params)
+    if overrides:
+        log_stderr(f"train: dataset {params.get('dataset')!r} overrides {overrides} "
+                   f"(train.dataset_overrides in params.yaml)")
+    config = TrainConfig.from_params(section)
     n_splits = int(params["split"]["n_splits"])
-    embedding_paths = [Path("data/embeddings") / f"{source}.npy" for source in sources]
+    embedding_paths = [embedding_path(source) for source in sources]
     features = load_features(embedding_paths) if sources else None
     out_dir = Path("models") / args.strategy
     selection, start = {}, time.perf_counter()

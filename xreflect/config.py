@@ -63,3 +63,19 @@ def prompt_spec(prompt_id: str):
     if prompt_id not in PROMPTS:
         raise ParamsError(f"unknown prompt {prompt_id!r}; allowed values are {sorted(PROMPTS)}")
     return PROMPTS[prompt_id]
+
+
+def train_section(params: dict) -> tuple[dict, dict]:
+    """The `train` section with `train.dataset_overrides.<dataset>` applied, and the overrides used.
+
+    The paper's protocol is the `train` section itself; a dataset may change some of it (the demo,
+    whose ~500 items and ~8,000 training interactions make a 3-layer tower over 100 epochs cost
+    far more than the data can use)."""
+    section = dict(params.get("train") or {})
+    overrides = section.pop("dataset_overrides", None) or {}
+    chosen = dict(overrides.get(params.get("dataset")) or {})
+    unknown = sorted(set(chosen) - set(section))
+    if unknown:
+        raise ParamsError(f"params.yaml: train.dataset_overrides.{params.get('dataset')}.{unknown[0]} is not "
+                          f"a key of 'train'; allowed keys: {sorted(section)}")
+    return {**section, **chosen}, chosen
