@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from xreflect.config import train_section
 from hypothesis import given, settings, strategies as st
 
 import xreflect.train as train_mod
@@ -65,10 +67,21 @@ test_recall.__test__ = False  # a helper, not a test
 # ------------------------------------------------------------------------------------ config
 
 def test_config_defaults_are_the_papers():
-    config = TrainConfig.from_params(yaml.safe_load((ROOT / "params.yaml").read_text())["train"])
-    assert config.lr == (0.0001, 0.0005, 0.001) and config.dropout == (0.1, 0.3, 0.5)
-    assert (config.dim, config.batch_size, config.weight_decay, config.eval_every) == (128, 4096, 0.0005, 5)
-    assert len(config.grid()) == 9
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dataset in ("demo", "movielens-1m", "amazon-software"):
+        section, _ = train_section({**params, "dataset": dataset})
+        config = TrainConfig.from_params(section)
+        assert config.lr == (0.0001, 0.0005, 0.001) and config.dropout == (0.1, 0.3, 0.5)
+        assert (config.dim, config.batch_size, config.weight_decay, config.eval_every) == (128, 4096, 0.0005, 5)
+        assert len(config.grid()) == 9
+    # The paper's datasets get the paper's tower; only the demo shrinks it.
+    assert train_section({**params, "dataset": "movielens-1m"})[0]["item_hidden"] == [512, 256]
+
+
+def test_dataset_override_of_an_unknown_key_is_named():
+    params = {"dataset": "demo", "train": {"lr": [0.001], "dataset_overrides": {"demo": {"lr_typo": 1}}}}
+    with pytest.raises(ValueError, match="train.dataset_overrides.demo.lr_typo is not a key of 'train'"):
+        train_section(params)
 
 
 @pytest.mark.parametrize("section, message", [
