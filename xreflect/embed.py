@@ -28,11 +28,74 @@ def load_text_encoder(model: str):
     return SentenceTransformer(model, device=device())
 
 
+class EmbeddingCache:
+    """Text embeddings by sha256(model, text), in `$XREFLECT_CACHE_DIR/embeddings.sqlite`.
+
+    Beside the pipeline like the response cache: re-embedding after one response file changed
+    encodes only the texts that changed, and an interrupted run keeps what it finished."""
+
+    def __init__(self, path=None):
+        import sqlite3
+
+        from xreflect.cache import cache_dir
+
+        self.path = path or cache_dir() / "embeddings.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+    @staticmethod
+    def key(model: str, text: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{model}\0{text}".encode("utf-8")).hexdigest()
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self._db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update({key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows})
+        return found
+
+    def put_many(self, pairs: list[tuple[str, np.ndarray]]) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                                 [(key, np.asarray(v, dtype=np.float32).tobytes()) for key, v in pairs])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class TextEmbedder:
+    """Sentence-BERT behind the embedding cache; the model loads only if some text is new."""
+
+    def __init__(self, model: str, batch_size: int = 64, cache: EmbeddingCache | None = None):
+        self.model, self.batch_size = model, batch_size
+        self.cache = cache or EmbeddingCache()
+        self._encoder = None
+
+    def encode(self, texts: list[str], label: str = "") -> np.ndarray:
+        keys = [EmbeddingCache.key(self.model, text) for text in texts]
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in found))
+        print(f"embed {label}: {len(texts)} texts, {len(texts) - len(missing)} cached, "
+              f"{len(missing)} to encode", file=sys.stderr)
+        for start in range(0, len(missing), 1024):  # stored chunk by chunk: a kill loses one chunk
+            chunk = missing[start:start + 1024]
+            if self._encoder is None:
+                self._encoder = load_text_encoder(self.model)
+            vectors = self._encoder.encode(chunk, batch_size=self.batch_size, convert_to_numpy=True,
+                                           show_progress_bar=sys.stderr.isatty())
+            pairs = [(EmbeddingCache.key(self.model, t), v) for t, v in zip(chunk, vectors)]
+            self.cache.put_many(pairs)
+            found.update(dict(pairs))
+        return np.stack([found[key] for key in keys]).astype(np.float32)
+
+
 def encode_texts(texts: list[str], model: str, batch_size: int = 64) -> np.ndarray:
-    encoder = load_text_encoder(model)
-    vectors = encoder.encode(texts, batch_size=batch_size, show_progress_bar=sys.stderr.isatty(),
-                             convert_to_numpy=True, normalize_embeddings=False)
-    return np.asarray(vectors, dtype=np.float32)
+    return TextEmbedder(model, batch_size).encode(texts)
 
 
 def clip_image_embeddings(images: list[bytes], model_id: str, batch_size: int = 64) -> np.ndarray:
