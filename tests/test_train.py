@@ -71,9 +71,7 @@ def test_config_defaults_are_the_papers():
     for dataset in ("demo", "movielens-1m", "amazon-software"):
         section, _ = train_section({**params, "dataset": dataset})
         config = TrainConfig.from_params(section)
-        if dataset != "demo":  # the demo scales the learning rates (README: Training)
-            assert config.lr == (0.0001, 0.0005, 0.001)
-        assert config.dropout == (0.1, 0.3, 0.5)
+        assert config.lr == (0.0001, 0.0005, 0.001) and config.dropout == (0.1, 0.3, 0.5)
         assert (config.dim, config.batch_size, config.weight_decay, config.eval_every) == (128, 4096, 0.0005, 5)
         assert len(config.grid()) == 9
     # The paper's datasets get the paper's tower; only the demo shrinks it.
