@@ -83,19 +83,43 @@ def test_repro_produces_metrics_for_every_strategy(project):
     assert rows[0] == "item_id,strategy,reference_similarity,response_similarity" and len(rows) > 3
 
 
+def stale_stages(work: Path, env: dict) -> set[str]:
+    status = run("dvc", "status", cwd=work, env=env)
+    return {line.rstrip(":").strip() for line in status.splitlines()
+            if line.endswith(":") and not line.startswith("\t")}
+
+
+def edit_params(work: Path, change) -> None:
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    change(params)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def test_second_repro_does_nothing_and_a_param_reruns_only_its_dependents(project):
     work, env, _ = project
     assert "up to date" in run("dvc", "status", cwd=work, env=env)
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=work, env=env)
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results", cwd=work, env=env)
-    run("dvc", "repro", "-q", cwd=work, env=env)  # must be a no-op
-    run("dvc", "repro", "-q", "-s", "generate_llm_rec", cwd=work, env=env)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["strategies"]["text"] = ["description", "image"]
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run("dvc", "status", cwd=work, env=env)
-    stale = {line.rstrip(":").strip() for line in status.splitlines() if line.endswith(":") and not line.startswith("\t")}
-    assert stale == {"train_text", "evaluate"}, status
+    run("dvc", "repro", "-q", cwd=work, env=env)  # a no-op
+    assert stale_stages(work, env) == set()
+
+    edit_params(work, lambda p: p["analyze"].update(responses=["llm_rec", "cot"]))
+    assert stale_stages(work, env) == {"similarity"}
+    edit_params(work, lambda p: p["train"].update(max_epochs=5))
+    strategies = yaml.safe_load((work / "params.yaml").read_text())["strategies"]
+    # evaluate is not listed: its own deps (the models) change only once the train stages rerun
+    assert stale_stages(work, env) == {"similarity"} | {f"train_{s}" for s in strategies}
     run("dvc", "repro", "-q", cwd=work, env=env)
-    diff = run("dvc", "metrics", "diff", "--md", cwd=work, env=env)
-    assert "text.precision@10" in diff or "text.recall@10" in diff
+    diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=work, env=env).strip().splitlines()[-1])
+    rows = diff["metrics/summary.json"]
+    strategies = yaml.safe_load((work / "params.yaml").read_text())["strategies"]
+    assert {f"{s}.recall@10" for s in strategies if s != "popularity"} <= set(rows)  # one row per strategy x metric
+    assert set(rows["text.recall@10"]) >= {"old", "new"}
+
+
+def test_a_strategy_reading_an_undeclared_file_is_refused(project):
+    work, env, _ = project
+    edit_params(work, lambda p: p["strategies"].update(text=["description", "image"]))
+    result = subprocess.run(["dvc", "repro", "-q", "train_text"], cwd=work, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "stage 'train_text' reads ['data/embeddings/image.npy'] but does not list them" in result.stderr
