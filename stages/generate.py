@@ -3,7 +3,7 @@
 Reads data/filtered/items.jsonl, the images, parent responses (KAR factors; L_text/L_image for
 cross-reflection separate) and params backbone, backbones, dataset, datasets, generate. Writes
 data/responses/<prompt>.jsonl: {item_id, text, key, model, failed} per item, and
-metrics/generate/<prompt>.json: tokens and cost of those responses, and what this run spent. Responses go through
+metrics/generate/<prompt>.json: tokens and cost of those responses (what this run spent goes to the log). Responses go through
 the response cache (xreflect/cache.py), so a rerun or a resumed run asks only for what is missing.
 """
 from __future__ import annotations
@@ -72,6 +72,9 @@ def main() -> None:
     if not spec.per_item:  # asked once per dataset (KAR's factor list)
         records = [{**records[0], "factors": parse_factor_list(records[0]["text"])}]
     write_jsonl(response_path(prompt_id), records)
+    # What this run did (cached vs generated, wall time) changes on every rerun: it goes to the log,
+    # not into the metric, so `dvc metrics diff` shows only changes in what the outputs cost.
+    print(f"[{prompt_id}] this run: {metric.pop('this_run')}", file=sys.stderr)
     write_json(METRICS_DIR / f"{prompt_id}.json", metric)
 
 
