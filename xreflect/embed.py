@@ -94,9 +94,6 @@ class TextEmbedder:
         return np.stack([found[key] for key in keys]).astype(np.float32)
 
 
-def encode_texts(texts: list[str], model: str, batch_size: int = 64) -> np.ndarray:
-    return TextEmbedder(model, batch_size).encode(texts)
-
 
 def clip_image_embeddings(images: list[bytes], model_id: str, batch_size: int = 64) -> np.ndarray:
     """CLIP image features (openai/clip-vit-base-patch32 by default), for real runs."""
