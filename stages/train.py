@@ -21,16 +21,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xreflect.config import train_section  # noqa: E402
+from xreflect.config import load_params, strategy_sources, train_section  # noqa: E402
 from xreflect.data.split import Split  # noqa: E402
 from xreflect.pipeline import check_declared_deps, embedding_path  # noqa: E402
 from xreflect.io import write_json, write_npz  # noqa: E402
 from xreflect.train import (DirectoryStore, TrainConfig, checkpoint_key, load_features, log_stderr,  # noqa: E402
-                            popularity, resolve_strategy, train_cache_root, train_grid)
+                            popularity, train_cache_root, train_grid)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for the fp32 matmuls
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    sources = resolve_strategy(params.get("strategies"), args.strategy)
+    params = load_params()
+    sources = strategy_sources(params, args.strategy)
     check_declared_deps(f"train_{args.strategy}", [embedding_path(source) for source in sources])
     section, overrides = train_section(params)
     if overrides:

@@ -8,12 +8,7 @@ import torch
 from xreflect.model import (StackedAdamW, StackedTwoTower, TwoTower, init_state, score_state, stacked_loss)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def features(n_items=12, d=6, seed=0) -> torch.Tensor:

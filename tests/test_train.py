@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from xreflect.config import train_section
+from xreflect.config import strategy_sources, train_section
 from hypothesis import given, settings, strategies as st
 
 import xreflect.train as train_mod
@@ -19,17 +19,12 @@ from xreflect.data.split import Split, candidates, make_split
 from xreflect.metrics import topk_metrics
 from xreflect.model import init_state
 from xreflect.train import (DirectoryStore, GridPoint, PointResult, TrainConfig, Tracker, popularity,
-                            resolve_strategy, select_and_test, torch_topk_metrics, train_grid, train_reference)
+                            select_and_test, torch_topk_metrics, train_grid, train_reference)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(n_users=150, n_items=200, n_clusters=5, d=32, per_user=20, seed=0) -> tuple[Split, np.ndarray]:
@@ -101,9 +96,9 @@ def test_bad_config_names_the_key(section, message):
 
 
 def test_unknown_strategy_names_allowed_values():
-    with pytest.raises(ValueError, match=r"strategies.nope does not exist; allowed strategies: popularity, text"):
-        resolve_strategy({"popularity": [], "text": ["description"]}, "nope")
-    assert resolve_strategy({"popularity": []}, "popularity") == []
+    with pytest.raises(ValueError, match=r"strategy 'nope' is not defined; allowed values are \['popularity', 'text'\]"):
+        strategy_sources({"strategies": {"popularity": [], "text": ["description"]}}, "nope")
+    assert strategy_sources({"strategies": {"popularity": []}}, "popularity") == []
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -311,5 +306,5 @@ def test_stage_writes_aligned_scores_and_resumes(tmp_path, monkeypatch):
     counts = np.bincount(split.train[:, 1], minlength=split.n_items)
     np.testing.assert_array_equal(pop, counts[candidates(split, "test").items])
 
-    with pytest.raises(ValueError, match="strategies.kar does not exist; allowed strategies: popularity, text_image"):
+    with pytest.raises(ValueError, match=r"strategy 'kar' is not defined; allowed values are \['popularity', 'text_image'\]"):
         stage.main(["--strategy", "kar"])

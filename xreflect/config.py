@@ -51,6 +51,9 @@ def strategy_sources(params: dict, strategy: str) -> list[str]:
         raise ParamsError(f"params.yaml: strategy {strategy!r} is not defined; allowed values are "
                           f"{sorted(strategies)} (the keys of 'strategies')")
     sources = strategies[strategy] or []
+    if not isinstance(sources, list):
+        raise ParamsError(f"params.yaml: strategies.{strategy} must be a list of embedding sources "
+                          f"(e.g. [description, image]) or [] for Item Popularity, got {sources!r}")
     allowed = list(BASE_SOURCES) + sorted(PROMPTS)
     for source in sources:
         if source not in allowed:

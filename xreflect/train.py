@@ -519,19 +519,6 @@ def train_reference(split: Split, features: np.ndarray, config: TrainConfig, poi
 
 # ----------------------------------------------------------------------------------------- stage helpers
 
-def resolve_strategy(strategies: dict | None, name: str) -> list[str]:
-    """The embedding sources of strategy `name` (params.yaml `strategies`); [] is Item Popularity."""
-    strategies = strategies or {}
-    if name not in strategies:
-        raise ValueError(f"params.yaml: strategies.{name} does not exist; allowed strategies: "
-                         f"{', '.join(strategies) or '(none defined)'}")
-    sources = strategies[name] or []
-    if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):
-        raise ValueError(f"params.yaml: strategies.{name} must be a list of embedding source names "
-                         f"(e.g. [description, image]) or [] for Item Popularity, got {sources!r}")
-    return list(sources)
-
-
 def load_features(paths: list[Path]) -> np.ndarray:
     """Concatenate float32 [n_items, d] embedding files column-wise, in the given order."""
     arrays = []
