@@ -22,16 +22,17 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; before importing torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xreflect.data.split import Split, candidates, make_split  # noqa: E402
-from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, init_state  # noqa: E402
-from xreflect.negatives import negative_pool  # noqa: E402
-from xreflect.train import (EvalSet, Samples, TrainConfig, batches, default_device, default_stack_size,  # noqa: E402
-                            epoch_samples, train_epoch_reference, train_epoch_stacked, train_grid)
+from xreflect.data.split import Split, candidates, make_split
+from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, init_state
+from xreflect.negatives import negative_pool
+from xreflect.training.config import TrainConfig
+from xreflect.training.epochs import (Samples, batches, epoch_samples, train_epoch_reference,
+                                      train_epoch_stacked)
+from xreflect.training.grid import EvalSet, default_device, default_stack_size, train_grid
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xreflect.config import dataset_entry, load_params  # noqa: E402
-from xreflect.data.sources import prepare_dataset  # noqa: E402
+from xreflect.config import dataset_entry, load_params
+from xreflect.data.sources import prepare_dataset
 
 OUT = Path("data/dataset")
 

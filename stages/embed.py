@@ -12,15 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xreflect.config import load_params  # noqa: E402
-from xreflect.data.contract import ITEMS_FILE, read_items  # noqa: E402
-from xreflect.embed import TextEmbedder, encode_images, image_encoder  # noqa: E402
-from xreflect.generate import read_image  # noqa: E402
-from xreflect.io import read_jsonl, write_npy  # noqa: E402
-from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, embedding_path, response_path  # noqa: E402
-from xreflect.prompts import PROMPTS  # noqa: E402
+from xreflect.config import load_params
+from xreflect.data.contract import ITEMS_FILE, read_items
+from xreflect.embed import TextEmbedder, encode_images, image_encoder
+from xreflect.generate import read_image
+from xreflect.io import read_jsonl, write_npy
+from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, embedding_path, response_path
+from xreflect.prompts import PROMPTS
 
 TEXT_SOURCES = ["description"] + [p for p in PROMPTS if PROMPTS[p].per_item]
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from xreflect.config import ParamsError, dataset_entry, load_params, strategy_sources  # noqa: E402
-from xreflect.data.split import Split  # noqa: E402
-from xreflect.io import read_json, write_json, write_text  # noqa: E402
-from xreflect.pipeline import MODELS_DIR, split_paths  # noqa: E402
-from xreflect.report import aggregate, global_popularity_metrics, markdown_table, split_metrics  # noqa: E402
+from xreflect.config import ParamsError, dataset_entry, load_params, strategy_sources
+from xreflect.data.split import Split
+from xreflect.io import read_json, write_json, write_text
+from xreflect.pipeline import MODELS_DIR, split_paths
+from xreflect.report import aggregate, markdown_table, split_metrics
+from xreflect.training.baselines import global_popularity_metrics
 
 
 def main() -> None:

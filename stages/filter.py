@@ -9,14 +9,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from xreflect.config import dataset_entry, load_params  # noqa: E402
-from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, read_interactions, read_items, write_items  # noqa: E402
-from xreflect.data.filtering import filter_dataset  # noqa: E402
-from xreflect.io import atomic_path, read_json, write_json, write_npy  # noqa: E402
+from xreflect.config import dataset_entry, load_params
+from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, read_interactions, read_items, write_items
+from xreflect.data.filtering import filter_dataset
+from xreflect.io import atomic_path, read_json, write_json, write_npy
 
 DATASET, OUT, REPORT = Path("data/dataset"), Path("data/filtered"), Path("metrics/data.json")
 

@@ -12,17 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xreflect.backends import create_backend  # noqa: E402
-from xreflect.cache import ResponseCache  # noqa: E402
-from xreflect.config import choose, load_params, prompt_spec  # noqa: E402
-from xreflect.cost import Budget, Prices  # noqa: E402
-from xreflect.data.contract import ITEMS_FILE, read_items  # noqa: E402
-from xreflect.generate import RunReport, prompt_requests, run_requests, usage_metric  # noqa: E402
-from xreflect.io import read_jsonl, write_json, write_jsonl  # noqa: E402
-from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, response_path  # noqa: E402
-from xreflect.prompts import PROMPTS, parse_factor_list  # noqa: E402
+from xreflect.backends import create_backend
+from xreflect.cache import ResponseCache
+from xreflect.config import registry_entry, load_params, prompt_spec
+from xreflect.cost import Budget, Prices
+from xreflect.data.contract import ITEMS_FILE, read_items
+from xreflect.generate import RunReport, prompt_requests, run_requests, usage_metric
+from xreflect.io import read_jsonl, write_json, write_jsonl
+from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, response_path
+from xreflect.prompts import PROMPTS, parse_factor_list
 
 METRICS_DIR = Path("metrics/generate")
 # Released KAR knowledge (the paper used the KAR authors' texts for MovieLens-1M); the download
@@ -50,7 +49,7 @@ def main() -> None:
         print(f"[kar] {len(released)} of {len(items)} items use the released KAR knowledge in "
               f"{KAR_KNOWLEDGE}; the backbone writes the rest", file=sys.stderr)
     requests = prompt_requests(prompt_id, params, [i for i in items if i.item_id not in released], DATASET_DIR)
-    backbone_name, backbone = choose(params, "backbone", "backbones")
+    backbone_name, backbone = registry_entry(params, "backbone", "backbones")
     backend = create_backend(backbone_name, params.get("backbones") or {})
     prices = Prices.from_config(backbone)
     budget = Budget(settings.get("budget_usd_per_prompt"), prices)

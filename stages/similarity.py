@@ -8,17 +8,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from xreflect.config import load_params  # noqa: E402
-from xreflect.data.contract import ITEMS_FILE, read_items  # noqa: E402
-from xreflect.io import atomic_path, write_json  # noqa: E402
-from xreflect.pipeline import FILTERED_DIR, check_declared_deps, embedding_path  # noqa: E402
-from xreflect.report import LABELS  # noqa: E402
-from xreflect.similarity import scatter_png, similarity_table, summarize  # noqa: E402
+from xreflect.config import load_params
+from xreflect.data.contract import ITEMS_FILE, read_items
+from xreflect.io import atomic_path, write_json
+from xreflect.pipeline import FILTERED_DIR, check_declared_deps, embedding_path
+from xreflect.report import LABELS
+from xreflect.similarity import scatter_png, similarity_table, summarize
 
 
 def main() -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from xreflect.config import ParamsError, dataset_entry, load_params  # noqa: E402
-from xreflect.data.split import make_split  # noqa: E402
-from xreflect.io import write_json  # noqa: E402
+from xreflect.config import ParamsError, dataset_entry, load_params
+from xreflect.data.split import make_split
+from xreflect.io import write_json
 
 FILTERED, OUT, REPORT = Path("data/filtered"), Path("data/splits"), Path("metrics/splits.json")
 

@@ -11,15 +11,21 @@ import pytest
 import torch
 import yaml
 
-from xreflect.config import strategy_sources, train_section
 from hypothesis import given, settings, strategies as st
 
-import xreflect.train as train_mod
+import xreflect.training.grid as train_mod
+from xreflect.config import strategy_sources, train_section
 from xreflect.data.split import Split, candidates, make_split
-from xreflect.metrics import topk_metrics
+from xreflect.metrics import topk_metrics, torch_topk_metrics
 from xreflect.model import init_state
-from xreflect.train import (DirectoryStore, GridPoint, PointResult, TrainConfig, Tracker, popularity,
-                            select_and_test, torch_topk_metrics, train_grid, train_reference)
+from xreflect.training.baselines import popularity
+from xreflect.training.config import GridPoint, TrainConfig, paper_defaults, train_config
+from xreflect.training.grid import Tracker, select_and_test, train_grid
+from xreflect.training.reference import train_reference
+from xreflect.training.results import PointResult
+from xreflect.training.store import DirectoryStore
+
+from tests.metrics_oracle import oracle_topk_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,19 +70,30 @@ test_recall.__test__ = False  # a helper, not a test
 def test_config_defaults_are_the_papers():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for dataset in ("demo", "movielens-1m", "amazon-software"):
-        section, _ = train_section({**params, "dataset": dataset})
-        config = TrainConfig.from_params(section)
+        config, _ = train_config({**params, "dataset": dataset})
         assert config.lr == (0.0001, 0.0005, 0.001) and config.dropout == (0.1, 0.3, 0.5)
         assert (config.dim, config.batch_size, config.weight_decay, config.eval_every) == (128, 4096, 0.0005, 5)
         assert len(config.grid()) == 9
     # The paper's datasets get the paper's tower; only the demo shrinks it.
-    assert train_section({**params, "dataset": "movielens-1m"})[0]["item_hidden"] == [512, 256]
+    assert train_config({**params, "dataset": "movielens-1m"})[0].item_hidden == (512, 256)
+
+
+def test_a_users_change_wins_over_the_dataset_override():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    demo = {**params, "dataset": "demo"}
+    config, applied = train_config(demo)
+    assert config.max_epochs == 20 and applied["max_epochs"] == 20  # the demo's override
+    # `dvc exp run -S train.max_epochs=50` on the demo: the user's value wins, the other overrides stay.
+    changed = {**demo, "train": {**demo["train"], "max_epochs": 50}}
+    config, applied = train_config(changed)
+    assert config.max_epochs == 50 and "max_epochs" not in applied
+    assert config.item_hidden == (64,) and config.patience == 2
 
 
 def test_dataset_override_of_an_unknown_key_is_named():
     params = {"dataset": "demo", "train": {"lr": [0.001], "dataset_overrides": {"demo": {"lr_typo": 1}}}}
     with pytest.raises(ValueError, match="train.dataset_overrides.demo.lr_typo is not a key of 'train'"):
-        train_section(params)
+        train_section(params, paper_defaults())
 
 
 @pytest.mark.parametrize("section, message", [
@@ -110,7 +127,7 @@ def test_torch_metrics_equal_numpy_metrics_with_ties_and_padding(seed, levels):
     scores = rng.integers(0, levels, (20, 15)).astype(np.float32)  # few levels: many ties
     labels = rng.random((20, 15)) < 0.3
     mask = rng.random((20, 15)) < 0.9
-    expected = topk_metrics(scores, labels, mask, [1, 3, 10])
+    expected = oracle_topk_metrics(scores, labels, mask, [1, 3, 10])
     got = torch_topk_metrics(torch.as_tensor(scores), torch.as_tensor(labels), torch.as_tensor(mask), [1, 3, 10])
     assert got == pytest.approx(expected)
 
@@ -271,10 +288,10 @@ def test_resume_trains_only_unfinished_points(tmp_path, monkeypatch, stack_size)
 def write_stage_inputs(root: Path, strategies: dict, train: dict) -> Split:
     split, feats = planted(n_users=60, n_items=80, d=16)
     (root / "data/splits").mkdir(parents=True)
-    (root / "data/embeddings").mkdir(parents=True)
+    (root / "data/embeddings/text_image").mkdir(parents=True)
     split.save(root / "data/splits/split_0.npz")
-    np.save(root / "data/embeddings/description.npy", feats[:, :10])
-    np.save(root / "data/embeddings/image.npy", feats[:, 10:])
+    np.save(root / "data/embeddings/text_image/description.npy", feats[:, :10])
+    np.save(root / "data/embeddings/text_image/image.npy", feats[:, 10:])
     params = {"split": {"n_splits": 1, "seed": 0}, "train": train, "strategies": strategies}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return split

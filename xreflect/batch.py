@@ -158,7 +158,7 @@ def _check_budget(state: dict, requests: list[Request], backend: OpenAIBackend,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from xreflect.config import choose, load_params
+    from xreflect.config import registry_entry, load_params
     from xreflect.data.contract import ITEMS_FILE, read_items
     from xreflect.generate import prompt_requests
     from xreflect.pipeline import DATASET_DIR, FILTERED_DIR
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params()
     params["backbone"] = args.backbone or params.get("backbone")
-    name, backbone = choose(params, "backbone", "backbones")
+    name, backbone = registry_entry(params, "backbone", "backbones")
     backend = create_backend(name, params.get("backbones") or {})
     if not isinstance(backend, OpenAIBackend):
         raise SystemExit(f"batch mode needs an OpenAI-compatible backbone; {name!r} is "

@@ -25,7 +25,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return params
 
 
-def choose(params: dict, key: str, registry: str) -> tuple[str, dict]:
+def registry_entry(params: dict, key: str, registry: str) -> tuple[str, dict]:
     """The entry that top-level `key` names in the `registry` section, e.g. ('demo', {...})."""
     name = params.get(key)
     entries = params.get(registry) or {}
@@ -36,7 +36,7 @@ def choose(params: dict, key: str, registry: str) -> tuple[str, dict]:
 
 
 def dataset_entry(params: dict) -> tuple[str, dict]:
-    name, entry = choose(params, "dataset", "datasets")
+    name, entry = registry_entry(params, "dataset", "datasets")
     ratio = entry.get("split_ratio")
     if not (isinstance(ratio, list) and len(ratio) == 3 and all(isinstance(r, (int, float)) and r > 0 for r in ratio)):
         raise ParamsError(f"params.yaml: datasets.{name}.split_ratio must be three positive numbers "
@@ -68,17 +68,27 @@ def prompt_spec(prompt_id: str):
     return PROMPTS[prompt_id]
 
 
-def train_section(params: dict) -> tuple[dict, dict]:
+def train_section(params: dict, paper_defaults: dict) -> tuple[dict, dict]:
     """The `train` section with `train.dataset_overrides.<dataset>` applied, and the overrides used.
 
     The paper's protocol is the `train` section itself; a dataset may change some of it (the demo,
-    whose ~500 items and ~8,000 training interactions make a 3-layer tower over 100 epochs cost
-    far more than the data can use)."""
+    whose ~400 items and ~6,000 training interactions make a 3-layer tower over 100 epochs cost
+    far more than the data can use). An override applies to a key only while `train.<key>` still
+    holds the paper's value (`paper_defaults`): once a user changes the key, e.g. with
+    `dvc exp run -S train.max_epochs=50`, the user's value wins."""
     section = dict(params.get("train") or {})
     overrides = section.pop("dataset_overrides", None) or {}
-    chosen = dict(overrides.get(params.get("dataset")) or {})
+    dataset = params.get("dataset")
+    chosen = dict(overrides.get(dataset) or {})
     unknown = sorted(set(chosen) - set(section))
     if unknown:
-        raise ParamsError(f"params.yaml: train.dataset_overrides.{params.get('dataset')}.{unknown[0]} is not "
+        raise ParamsError(f"params.yaml: train.dataset_overrides.{dataset}.{unknown[0]} is not "
                           f"a key of 'train'; allowed keys: {sorted(section)}")
-    return {**section, **chosen}, chosen
+    applied = {key: value for key, value in chosen.items() if _same(section[key], paper_defaults.get(key))}
+    return {**section, **applied}, applied
+
+
+def _same(value: Any, default: Any) -> bool:
+    """params.yaml value equal to a dataclass default (lists there are tuples)."""
+    return (list(value) if isinstance(value, (list, tuple)) else value) == \
+        (list(default) if isinstance(default, (list, tuple)) else default)

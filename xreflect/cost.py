@@ -148,12 +148,12 @@ def estimate(params: Mapping[str, Any], prompt_ids: list[str], cache, expected_o
     `expected_output_tokens` (all its requests count as calls)."""
     from xreflect.backends import create_backend
     from xreflect.cache import request_key
-    from xreflect.config import choose
+    from xreflect.config import registry_entry
     from xreflect.data.contract import ITEMS_FILE, read_items
     from xreflect.generate import prompt_requests
     from xreflect.pipeline import DATASET_DIR, FILTERED_DIR
 
-    name, backbone = choose(dict(params), "backbone", "backbones")
+    name, backbone = registry_entry(dict(params), "backbone", "backbones")
     backend = create_backend(name, params.get("backbones") or {})  # loads no model, opens no connection
     prices = Prices.from_config(backbone)
     items = read_items(FILTERED_DIR / ITEMS_FILE)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     import json
 
     from xreflect.cache import ResponseCache
-    from xreflect.config import choose, load_params
+    from xreflect.config import registry_entry, load_params
 
     parser = argparse.ArgumentParser(description="Estimate calls, tokens and cost of generation "
                                      "for the current params.yaml; sends nothing.")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    name, backbone = choose(params, "backbone", "backbones")
+    name, backbone = registry_entry(params, "backbone", "backbones")
     budget = settings.get("budget_usd_per_prompt")
     discount = float(backbone.get("batch_discount", 1.0))
     print(f"backbone {name}; answers assumed ~{expected} tokens; costs in USD")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,3 +87,8 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+def log_stderr(message: str) -> None:
+    """Progress and notes for the stage log (stderr, flushed, so `dvc repro` shows it as it goes)."""
+    print(message, file=sys.stderr, flush=True)

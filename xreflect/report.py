@@ -15,29 +15,6 @@ def split_metrics(split: Split, test_scores: np.ndarray, ks: list[int]) -> dict[
     return topk_metrics(test_scores, test.labels, test.mask, ks)
 
 
-def global_popularity_metrics(split: Split, ks: list[int]) -> dict[str, float]:
-    """The most popular training items as one global top-K over the whole catalog, items the user
-    already saw not removed, scored against the user's test positives. This is the reading of the
-    paper's Item Popularity row that matches its numbers; the sampled protocol of the other rows
-    is the `popularity` strategy."""
-    popularity = np.bincount(split.train[:, 1], minlength=split.n_items)
-    # Ties in popularity broken by item index, fixed for everyone (a global list has one order).
-    ranking = np.lexsort((np.arange(split.n_items), -popularity))
-    in_test = np.zeros((split.n_users, split.n_items), dtype=bool)
-    in_test[split.test[:, 0], split.test[:, 1]] = True
-    n_pos = in_test.sum(axis=1)
-    users = n_pos > 0
-    discounts = 1.0 / np.log2(np.arange(2, max(ks) + 2))
-    out = {}
-    for k in ks:
-        hits = in_test[users][:, ranking[:k]]
-        ideal = np.cumsum(discounts[:k])[np.minimum(n_pos[users], k) - 1]
-        out[f"precision@{k}"] = float((hits.sum(axis=1) / k).mean())
-        out[f"recall@{k}"] = float((hits.sum(axis=1) / n_pos[users]).mean())
-        out[f"ndcg@{k}"] = float(((hits * discounts[:k]).sum(axis=1) / ideal).mean())
-    return out
-
-
 def aggregate(per_split: list[dict[str, float]]) -> dict[str, dict]:
     """Mean and sample standard deviation (ddof=1; 0 for a single split) of each metric."""
     out = {}

@@ -1,0 +1,1 @@
+"""Grid training of the two-tower model (see grid.py for the protocol)."""

@@ -1,0 +1,120 @@
+"""The params.yaml `train` section as a validated config, and the lr x dropout grid it spans."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+from xreflect.metrics import METRIC_NAMES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The params.yaml `train` section."""
+    dim: int = 128
+    item_hidden: tuple[int, ...] = (512, 256)
+    lr: tuple[float, ...] = (0.0001, 0.0005, 0.001)
+    dropout: tuple[float, ...] = (0.1, 0.3, 0.5)
+    weight_decay: float = 0.0005
+    batch_size: int = 4096
+    negatives_per_positive: int = 1
+    max_epochs: int = 100
+    eval_every: int = 5
+    patience: int = 5
+    select_metric: str = "recall@10"
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, section: dict | None) -> "TrainConfig":
+        section = dict(section or {})
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(section) - set(allowed))
+        if unknown:
+            raise ValueError(f"params.yaml: train.{unknown[0]} is not a training parameter; "
+                             f"allowed keys: {', '.join(allowed)}")
+        values = {}
+        for name, value in section.items():
+            if name == "lr":
+                values[name] = _number_list("lr", value, "learning rate", "[0.001]", lambda x: x > 0)
+            elif name == "dropout":
+                values[name] = _number_list("dropout", value, "dropout rate", "[0.1]", lambda x: 0 <= x < 1)
+            elif name == "item_hidden":
+                if not isinstance(value, list) or not all(_is_int(v) and v > 0 for v in value):
+                    raise ValueError(f"params.yaml: train.item_hidden must be a list of positive layer sizes "
+                                     f"(e.g. [512, 256], or [] for a linear item tower), got {value!r}")
+                values[name] = tuple(int(v) for v in value)
+            elif name == "select_metric":
+                values[name] = _metric_name(value)
+            elif name == "weight_decay":
+                if not _is_number(value) or value < 0:
+                    raise ValueError(f"params.yaml: train.weight_decay must be a number >= 0, got {value!r}")
+                values[name] = float(value)
+            else:
+                if not _is_int(value) or value < (0 if name == "seed" else 1):
+                    raise ValueError(f"params.yaml: train.{name} must be a positive integer, got {value!r}")
+                values[name] = int(value)
+        return cls(**values)
+
+    def grid(self) -> list["GridPoint"]:
+        return [GridPoint(lr, dropout) for lr in self.lr for dropout in self.dropout]
+
+    def point_params(self) -> dict:
+        """Everything that shapes one grid point's training, except the grid lists themselves (so a
+        cached point stays valid when other points are added to or removed from the grid)."""
+        params = asdict(self)
+        del params["lr"], params["dropout"]
+        return params
+
+    def select(self) -> tuple[str, int]:
+        name, k = self.select_metric.split("@")
+        return name, int(k)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number_list(key: str, value: object, what: str, example: str, valid: Callable[[float], bool]) -> tuple[float, ...]:
+    if value is None or value == []:
+        raise ValueError(f"params.yaml: train.{key} is empty; give at least one {what}, e.g. {example}")
+    values = value if isinstance(value, list) else [value]
+    bad = [v for v in values if not _is_number(v) or not valid(v)]
+    if bad:
+        raise ValueError(f"params.yaml: train.{key} holds {bad[0]!r}, which is not a valid {what}; "
+                         f"give a list of numbers, e.g. {example}")
+    return tuple(float(v) for v in values)
+
+
+def _metric_name(value: object) -> str:
+    name, _, k = str(value).partition("@")
+    if name not in METRIC_NAMES or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"params.yaml: train.select_metric is {value!r}; use <metric>@<k> with metric one of "
+                         f"{', '.join(METRIC_NAMES)}, e.g. recall@10")
+    return f"{name}@{int(k)}"
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    lr: float
+    dropout: float
+
+    @property
+    def name(self) -> str:
+        return f"lr={self.lr:g}_dropout={self.dropout:g}"
+
+
+def paper_defaults() -> dict:
+    """The paper's protocol: TrainConfig's defaults."""
+    return {f.name: f.default for f in fields(TrainConfig)}
+
+
+def train_config(params: dict) -> tuple[TrainConfig, dict]:
+    """The validated training config for the chosen dataset, and the dataset overrides it applied."""
+    from xreflect.config import train_section
+
+    section, applied = train_section(params, paper_defaults())
+    return TrainConfig.from_params(section), applied

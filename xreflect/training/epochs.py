@@ -1,0 +1,64 @@
+"""One training epoch: the epoch's samples (positives plus fresh negatives) and the optimizer steps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, seed_for, stacked_loss
+from xreflect.negatives import NegativePool, sample_negatives
+from xreflect.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Samples:
+    users: torch.Tensor
+    items: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def epoch_samples(train: np.ndarray, pool: NegativePool, config: TrainConfig, epoch: int,
+                  device: torch.device) -> Samples:
+    """The epoch's shuffled samples: every training positive plus `negatives_per_positive` freshly
+    drawn negatives per positive. Depends only on the seed and the epoch number."""
+    rng = np.random.default_rng(seed_for(config.seed, "epoch", epoch))
+    neg_users = np.repeat(train[:, 0].astype(np.int64), config.negatives_per_positive)
+    neg_items = sample_negatives(pool, neg_users, rng)
+    users = np.concatenate([train[:, 0].astype(np.int64), neg_users])
+    items = np.concatenate([train[:, 1].astype(np.int64), neg_items])
+    labels = np.concatenate([np.ones(len(train), np.float32), np.zeros(len(neg_users), np.float32)])
+    order = rng.permutation(len(users))
+    def move(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a[order]))
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+    return Samples(move(users), move(items), move(labels))
+
+
+def batches(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def train_epoch_stacked(model: StackedTwoTower, optimizer: StackedAdamW, samples: Samples, batch_size: int) -> None:
+    for batch in batches(len(samples), batch_size):
+        loss = stacked_loss(model.logits(samples.users[batch], samples.items[batch]), samples.labels[batch])
+        loss.backward()
+        optimizer.step(model.params)
+
+
+def train_epoch_reference(model: TwoTower, optimizer: torch.optim.Optimizer, samples: Samples,
+                          batch_size: int) -> None:
+    model.train()
+    for batch in batches(len(samples), batch_size):
+        logits = model(samples.users[batch], samples.items[batch])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, samples.labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def is_eval_epoch(epoch: int, config: TrainConfig) -> bool:
+    return epoch % config.eval_every == 0 or epoch == config.max_epochs
