@@ -108,9 +108,15 @@ class StackedTwoTower:
     Parameters: "user" [G, n_users, dim], "w<l>" [G, in, out], "b<l>" [G, 1, out].
     """
 
-    def __init__(self, states: list[State], features: Tensor, dropout: list[float], seeds: list[int]):
+    def __init__(self, states: list[State], features: Tensor, dropout: list[float], seeds: list[int],
+                 dtype: torch.dtype = torch.float32):
         device = features.device
         self.features = features
+        # Training runs the item tower in `dtype` (see xreflect/training/precision.py): the frozen
+        # features are cast once, the (small) weights once per batch; parameters, their gradients,
+        # the loss and the optimizer state stay fp32. Evaluation always runs in fp32.
+        self.dtype = dtype
+        self.train_features = features.to(dtype)
         self.params: dict[str, Tensor] = {}
         for name in states[0]:
             stacked = np.stack([s[name] for s in states])
@@ -134,15 +140,18 @@ class StackedTwoTower:
         """Inverted dropout with each grid point's own rate and random stream; h is [G, M, width].
         The noise is drawn in place per grid point (no stacking copy) and turned into the
         keep/scale factor in place: 3 passes over memory instead of 6."""
-        noise = torch.empty_like(h)
-        for row, gen in enumerate(self.generators):
+        noise = torch.empty(h.shape, dtype=torch.float32, device=h.device)  # fp32 whatever h's dtype:
+        for row, gen in enumerate(self.generators):                          # the same keep probability
             noise[row].uniform_(0.0, 1.0, generator=gen)
         keep = (1.0 - self.dropout).view(-1, 1, 1)
-        return h * noise.lt_(keep).div_(keep)
+        return h * noise.lt_(keep).div_(keep).to(h.dtype)
 
     def item_vectors(self, items: Tensor, training: bool) -> Tensor:
-        """[G, len(items), dim] item-tower outputs for `items` (each should be distinct)."""
-        h = self.features[items]  # [M, d], shared by all grid points: [M, d] @ [G, d, out] broadcasts
+        """[G, len(items), dim] fp32 item-tower outputs for `items` (each should be distinct),
+        computed in the training dtype when `training`, else in fp32."""
+        dtype = self.dtype if training else torch.float32
+        # [M, d], shared by all grid points: [M, d] @ [G, d, out] broadcasts
+        h = (self.train_features if training else self.features)[items]
         if training and self.layers == 1:
             h = self._dropout(h.expand(self.size, *h.shape))
         for layer in range(self.layers):
@@ -150,8 +159,9 @@ class StackedTwoTower:
                 h = torch.relu(h)
                 if training:
                     h = self._dropout(h)
-            h = torch.matmul(h, self.params[f"w{layer}"]) + self.params[f"b{layer}"]
-        return h
+            # .to() is a no-op in fp32; in bf16 its backward hands fp32 gradients to the fp32 weights
+            h = torch.matmul(h, self.params[f"w{layer}"].to(dtype)) + self.params[f"b{layer}"].to(dtype)
+        return h.float()
 
     def logits(self, users: Tensor, items: Tensor) -> Tensor:
         """Training logits [G, B] for the (user, item) samples of a batch.
