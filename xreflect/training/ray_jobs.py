@@ -75,6 +75,11 @@ def ray_module():
     return ray
 
 
+def runtime_env() -> dict:
+    """Ship this checkout's xreflect package with the jobs (workers need only the requirements)."""
+    return {"py_modules": [str(XREFLECT)]}
+
+
 def connect(log: Callable[[str], None]) -> bool:
     """Join RAY_ADDRESS's cluster or start a local one; True when this call started Ray."""
     ray = ray_module()
@@ -83,7 +88,7 @@ def connect(log: Callable[[str], None]) -> bool:
     address = os.environ.get("RAY_ADDRESS") or None
     start = time.perf_counter()
     ray.init(address=address, include_dashboard=False if address is None else None,
-             runtime_env={"py_modules": [str(XREFLECT)]})
+             runtime_env=runtime_env())
     where = f"cluster at {address}" if address else "a local Ray started for this run"
     log(f"train: executor ray, {where}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
         f"{ray.cluster_resources().get('GPU', 0):.0f} GPUs (connected in {time.perf_counter() - start:.1f} s)")
@@ -128,7 +133,8 @@ def run_on_ray(jobs: list[GridJob], features: np.ndarray, log: Callable[[str], N
             try:
                 result, points = ray.get(ready)
             except Exception as err:  # noqa: BLE001 - the other jobs go on; reported below
-                failed.append(f"{job.label}{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                cause = getattr(err, "cause", None) or err  # a job's own exception, not Ray's wrapper
+                failed.append(f"{job.label}{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}")
                 log(f"train: grid job failed: {failed[-1]}")
                 continue
             if job.store is not None:
