@@ -8,7 +8,7 @@ import torch
 from xreflect.model import (StackedAdamW, StackedTwoTower, TwoTower, init_state, score_state, stacked_loss)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "on_test_device")
 
 
 def features(n_items=12, d=6, seed=0) -> torch.Tensor:
@@ -78,7 +78,7 @@ def test_scores_and_keep():
         torch.testing.assert_close(scores[g], score_state(states[g], feats, users, items))
         # By hand for user 1, item 4: u . (relu(x W0 + b0) W1 + b1)
         s = states[g]
-        h = np.maximum(feats[4].numpy() @ s["w0"] + s["b0"], 0) @ s["w1"] + s["b1"]
+        h = np.maximum(feats[4].cpu().numpy() @ s["w0"] + s["b0"], 0) @ s["w1"] + s["b1"]
         assert scores[g, 1, 1].item() == pytest.approx(float(s["user"][1] @ h), rel=1e-5)
     model.keep([2])
     assert model.size == 1
