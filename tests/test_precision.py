@@ -34,12 +34,13 @@ def test_auto_picks_bf16_only_with_native_cpu_support(monkeypatch, flags, chosen
     assert used == "bf16" and ("emulated" in why) == (chosen == "fp32")
 
 
-def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):
+def test_auto_on_a_gpu_keeps_fp32_and_bf16_is_obeyed_where_supported(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
-    for supported, chosen in ((True, "bf16"), (False, "fp32")):
+    for supported in (True, False):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
         used, why = resolve_precision("auto", torch.device("cuda"))
-        assert used == chosen and "GPU Test GPU" in why
+        assert used == "fp32" and "GPU Test GPU" in why and "TF32" in why
+        assert resolve_precision("bf16", torch.device("cuda"))[0] == "bf16"
 
 
 def test_bad_precision_and_executor_name_the_key():

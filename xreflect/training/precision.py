@@ -2,8 +2,11 @@
 
 bf16 pays only where the hardware multiplies bf16 natively: on a CPU with AMX (amx_bf16) or
 AVX-512 BF16 (avx512_bf16) the tower's forward and backward ran 1.7x faster than fp32; on a CPU
-without them bf16 is emulated and slower than fp32. `auto` therefore picks bf16 on such a CPU or on
-a GPU that supports it, and fp32 otherwise. Only the item tower's matmuls and activations use it:
+without them bf16 is emulated and slower than fp32. `auto` therefore picks bf16 on such a CPU and
+fp32 otherwise. On a GPU too: there the fp32 matmuls already run on TF32 tensor cores
+(stages/train.py allows TF32) and an ML-1M epoch is bound by kernel launches, not arithmetic, so
+bf16's extra casts made the epoch slower (NVIDIA H200: 0.80x the speed of fp32 at 384-d, 0.93x at
+1,152-d). `bf16` set explicitly is obeyed everywhere. Only the item tower's matmuls and activations use it:
 master weights, the loss and the optimizer state stay fp32 (see StackedTwoTower), and validation,
 selection and test scoring run in fp32 from the master weights.
 """
@@ -47,6 +50,8 @@ def resolve_precision(setting: str, device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
         where = f"GPU {torch.cuda.get_device_name(device)} {'supports' if native else 'lacks'} bf16"
+        if setting == "auto":  # measured on an H200 (benchmarks/gpu_check.sh): see the module docstring
+            return "fp32", f"train.precision auto: {where}, but fp32 (TF32 tensor cores) is as fast there"
     else:
         flags = cpu_native_bf16()
         native = bool(flags)
