@@ -31,7 +31,8 @@ import torch
 
 
 from xreflect.data.split import Split, candidates, make_split
-from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, init_state, layer_sizes
+from xreflect.model import (BF16_ROW_STEP, StackedAdamW, StackedTwoTower, TwoTower, init_state, layer_sizes,
+                            pad_rows)
 from xreflect.negatives import negative_pool
 from xreflect.training.config import TrainConfig
 from xreflect.training.epochs import (Samples, batches, epoch_samples, train_epoch_reference,
@@ -113,8 +114,11 @@ def interleaved_epoch_seconds(steps: dict[str, Callable[[Samples], None]], sampl
     time is the median batch time x batches per epoch (an exact epoch when all batches run)."""
     parts = batch_slices(samples, batch_size)
     timed = parts if max_batches is None else parts[:max_batches]
-    for step in steps.values():  # warm-up: allocator, kernels
-        step(parts[0])
+    # Warm-up: allocator, kernels, and (in a short run) the shapes of every timed batch, whose
+    # kernels a full epoch would compile once and reuse from then on.
+    for part in (parts[:1] if max_batches is None else timed):
+        for step in steps.values():
+            step(part)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for part in timed:
         for name, step in steps.items():
@@ -139,7 +143,8 @@ def bare_tower_step(features: torch.Tensor, sizes: list[int], n_points: int,
                for a, b in zip(sizes[:-1], sizes[1:])]
 
     def step(part: Samples) -> None:
-        h = feats[torch.unique(part.items)]
+        distinct = torch.unique(part.items)
+        h = feats[pad_rows(distinct, 1 if dtype == torch.float32 else BF16_ROW_STEP)]  # as StackedTwoTower
         for layer, w in enumerate(weights):
             h = torch.matmul(torch.relu(h) if layer else h, w)
         h.sum().backward()

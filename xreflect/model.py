@@ -117,6 +117,7 @@ class StackedTwoTower:
         # the loss and the optimizer state stay fp32. Evaluation always runs in fp32.
         self.dtype = dtype
         self.train_features = features.to(dtype)
+        self.row_step = 1 if dtype == torch.float32 else BF16_ROW_STEP  # see pad_rows
         self.params: dict[str, Tensor] = {}
         for name in states[0]:
             stacked = np.stack([s[name] for s in states])
@@ -174,6 +175,7 @@ class StackedTwoTower:
         i.e. the gradient variance, differs. The optimisation target is the same model and loss.
         """
         distinct, inverse = torch.unique(items, return_inverse=True)
+        distinct = pad_rows(distinct, self.row_step)
         # index_select's backward is an index_add_, far cheaper than advanced indexing's index_put_.
         item_vec = self.item_vectors(distinct, training=True).index_select(1, inverse)  # [G, B, dim]
         user_vec = self.params["user"].index_select(1, users)               # [G, B, dim]
@@ -203,6 +205,18 @@ class StackedTwoTower:
             self.params[name] = p.detach().index_select(0, index).requires_grad_(True)
         self.dropout = self.dropout[index]
         self.generators = [self.generators[r] for r in rows]
+
+
+# oneDNN (the CPU's bf16 matmuls) compiles a kernel per matrix shape and caches a limited number;
+# the distinct items of a batch vary in number (ML-1M: ~2,250-2,400), so in bf16 the tower runs
+# on a multiple of this many rows, the extra rows repeating the first item and never selected.
+BF16_ROW_STEP = 64
+
+
+def pad_rows(index: Tensor, step: int) -> Tensor:
+    """`index` padded with its first entry to a multiple of `step` entries."""
+    extra = -len(index) % step
+    return torch.cat([index, index[:1].expand(extra)]) if extra and len(index) else index
 
 
 def stacked_loss(logits: Tensor, labels: Tensor) -> Tensor:
