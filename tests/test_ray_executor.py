@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from xreflect.training.config import TrainConfig
 from xreflect.training.executor import GridJob, run_grid_jobs
@@ -146,3 +147,28 @@ def test_finished_jobs_are_kept_and_a_failed_job_is_reported_after_the_others(lo
             grid.train_points = real
 
     assert_same(run(paths, feats, "ray", tmp_path, job_function=must_not_retrain_split_0), local_results[0])
+
+
+def test_train_stage_writes_the_same_outs_with_ray(local_ray, tmp_path, monkeypatch):
+    """stages/train.py end to end, local then ray (each with a checkpoint store of its own, so both
+    train every point): identical score files and the same selection."""
+    import stages.train as stage  # noqa: PLC0415
+    from tests.test_train import write_stage_inputs  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    write_stage_inputs(tmp_path, {"text_image": ["description", "image"]},
+                       {**SMALL, "lr": [0.01], "dropout": [0.1, 0.3], "max_epochs": 10})
+    outs = {}
+    for executor in ("local", "ray"):
+        params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        params["train"]["executor"] = executor
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        monkeypatch.setenv("XREFLECT_CACHE_DIR", str(tmp_path / f"cache_{executor}"))
+        stage.main(["--strategy", "text_image"])
+        with np.load(tmp_path / "models/text_image/split_0.npz") as data:
+            scores = {name: data[name] for name in data.files}
+        selection = json.loads((tmp_path / "models/text_image/selection.json").read_text())
+        outs[executor] = scores, without_seconds(selection)
+    for name in outs["local"][0]:
+        np.testing.assert_array_equal(outs["ray"][0][name], outs["local"][0][name])
+    assert outs["ray"][1] == outs["local"][1]

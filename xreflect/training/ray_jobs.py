@@ -63,6 +63,7 @@ def grid_job(split: Split, features: np.ndarray, config: TrainConfig, restored: 
 
     torch.set_num_threads(threads)
     store = MemoryStore(restored)
+    features = np.array(features)  # a writable copy: Ray's shared copy is read-only
     return train_grid(split, features, config, store, label=label), store.points
 
 
