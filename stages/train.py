@@ -6,6 +6,8 @@ order; an empty list is Item Popularity, which trains nothing). Writes models/<s
 (`test_scores` and `valid_scores` of the selected model, aligned with candidates(split, part)) and
 models/<strategy>/selection.json. Finished grid points are checkpointed outside the stage's outs,
 under ${XREFLECT_CACHE_DIR:-.cache}/train/, so an interrupted run resumes where it stopped.
+train.executor: local trains the splits here one after another; ray sends them to a Ray cluster
+as one grid job each (xreflect/training/ray_jobs.py). The outs are the same either way.
 """
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ input features instead and the dropout grid still means something.
   grid axis, the towers run as batched matmuls, and the item tower runs once per distinct item of a
   batch. `StackedAdamW` is AdamW over those stacked tensors with one learning rate per grid point
   (same arithmetic as torch.optim.AdamW, which takes a single lr per parameter group).
+
+`StackedTwoTower` can run the item tower's training matmuls in bf16 (train.precision, see
+xreflect/training/precision.py); its parameters and everything else stay fp32.
 """
 from __future__ import annotations
 
@@ -140,7 +143,9 @@ class StackedTwoTower:
     def _dropout(self, h: Tensor) -> Tensor:
         """Inverted dropout with each grid point's own rate and random stream; h is [G, M, width].
         The noise is drawn in place per grid point (no stacking copy) and turned into the
-        keep/scale factor in place: 3 passes over memory instead of 6."""
+        keep/scale factor in place: 3 passes over memory instead of 6. In bf16 the factor 1/keep is
+        rounded to bf16 (at most 0.2% off: 1/0.9 becomes 1.109), a constant rescaling that the next
+        layer's weights absorb; the bf16-vs-fp32 check (benchmarks/precision_check.py) covers it."""
         noise = torch.empty(h.shape, dtype=torch.float32, device=h.device)  # fp32 whatever h's dtype:
         for row, gen in enumerate(self.generators):                          # the same keep probability
             noise[row].uniform_(0.0, 1.0, generator=gen)
