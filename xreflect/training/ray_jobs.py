@@ -115,6 +115,10 @@ def run_on_ray(jobs: list[GridJob], features: np.ndarray, log: Callable[[str], N
     try:
         cpus = max(1, int(env_number("XREFLECT_RAY_JOB_CPUS", 1)))
         gpus = env_number("XREFLECT_RAY_JOB_GPUS", 0, float)
+        have = ray.cluster_resources()
+        if started and (cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0)):  # would wait forever
+            raise ValueError(f"XREFLECT_RAY_JOB_CPUS={cpus} / XREFLECT_RAY_JOB_GPUS={gpus:g}: the local Ray has only "
+                             f"{have.get('CPU', 0):.0f} CPUs and {have.get('GPU', 0):.0f} GPUs; ask for fewer per job")
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)(job_function)
         features_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))
         pending = {}
