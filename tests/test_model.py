@@ -15,7 +15,12 @@ def features(n_items=12, d=6, seed=0) -> torch.Tensor:
     return torch.as_tensor(np.random.default_rng(seed).normal(size=(n_items, d)).astype(np.float32))
 
 
-def test_adamw_matches_torch_per_grid_point():
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_matches_torch_per_grid_point(monkeypatch, fused):
+    """Both the fused kernel and the plain ops (torch builds without the kernel)."""
+    import xreflect.model as model_mod  # noqa: PLC0415
+
+    monkeypatch.setattr(model_mod, "FUSED_ADAMW", fused and model_mod.FUSED_ADAMW)
     torch.manual_seed(0)
     lrs = [0.1, 0.01, 0.001]
     params = {"x": torch.randn(3, 5, 4, requires_grad=True)}

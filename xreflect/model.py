@@ -232,38 +232,57 @@ def stacked_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 class StackedAdamW:
     """AdamW (decoupled weight decay, bias-corrected moments) over stacked parameters with one
-    learning rate per grid point; arithmetic follows torch.optim.AdamW's default implementation
-    (torch's optimizers take one lr per parameter group, and a grid point is a slice here).
-    torch's fused AdamW kernel applied per slice measured only 2-3% faster, so plain ops it is."""
+    learning rate per grid point: torch.optim.AdamW's arithmetic (torch's optimizers take one lr per
+    parameter group, and a grid point is a slice here). Each grid point's slices go through torch's
+    fused AdamW kernel, one pass over memory instead of ~10 plain ops: the dense update of the
+    6,040 x 128 user table each step made the optimizer a quarter of a bf16 epoch on the CPU (fused:
+    ~10% faster epochs in fp32 and bf16, measured batch by batch in turn). Plain ops where a torch
+    build lacks the kernel."""
 
     def __init__(self, params: dict[str, Tensor], lr: list[float], weight_decay: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         device = next(iter(params.values())).device
-        self.lr = torch.tensor(lr, dtype=torch.float32, device=device)
+        self.lr = list(lr)
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(p) for name, p in params.items()}
         self.steps = 0
+        self.step_count = torch.zeros((), dtype=torch.float32, device=device)  # the fused kernel reads it
 
     @torch.no_grad()
     def step(self, params: dict[str, Tensor]) -> None:
         self.steps += 1
-        beta1, beta2 = self.betas
-        correction1 = 1 - beta1 ** self.steps
-        correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
-        for name, p in params.items():
-            lr = self.lr.view(-1, *([1] * (p.dim() - 1)))  # one learning rate per grid point
-            m, v, grad = self.exp_avg[name], self.exp_avg_sq[name], p.grad
-            p.mul_(1 - lr * self.weight_decay)
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / correction2_sqrt).add_(self.eps)
-            p.sub_(m / denom * (lr / correction1))
+        self.step_count.fill_(self.steps)
+        names = list(params)
+        for g, lr in enumerate(self.lr):
+            update = _fused_adamw if FUSED_ADAMW else _plain_adamw
+            update([params[n][g] for n in names], [params[n].grad[g] for n in names],
+                   [self.exp_avg[n][g] for n in names], [self.exp_avg_sq[n][g] for n in names],
+                   self.step_count, self.steps, lr, self.betas, self.weight_decay, self.eps)
+        for p in params.values():
             p.grad = None
 
     def keep(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=self.lr.device)
-        self.lr = self.lr[index]
+        index = torch.tensor(rows, device=self.step_count.device)
+        self.lr = [self.lr[r] for r in rows]
         for store in (self.exp_avg, self.exp_avg_sq):
             for name, value in store.items():
                 store[name] = value.index_select(0, index)
+
+
+FUSED_ADAMW = hasattr(torch, "_fused_adamw_")
+
+
+def _fused_adamw(params, grads, exp_avgs, exp_avg_sqs, step_count, steps, lr, betas, weight_decay, eps):
+    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], [step_count] * len(params), lr=lr,
+                        beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps, amsgrad=False,
+                        maximize=False)
+
+
+def _plain_adamw(params, grads, exp_avgs, exp_avg_sqs, step_count, steps, lr, betas, weight_decay, eps):
+    correction1, correction2_sqrt = 1 - betas[0] ** steps, (1 - betas[1] ** steps) ** 0.5
+    for p, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        p.mul_(1 - lr * weight_decay)
+        m.lerp_(grad, 1 - betas[0])
+        v.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+        p.sub_(m / (v.sqrt() / correction2_sqrt).add_(eps) * (lr / correction1))
