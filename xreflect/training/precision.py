@@ -5,8 +5,7 @@ AVX-512 BF16 (avx512_bf16) a whole training epoch at MovieLens-1M size ran about
 fp32 (benchmarks/train_speed.py); on a CPU without them bf16 is emulated and slower than fp32. `auto` therefore picks bf16 on such a CPU and
 fp32 otherwise. On a GPU too: there the fp32 matmuls already run on TF32 tensor cores
 (stages/train.py allows TF32) and an ML-1M epoch is bound by kernel launches, not arithmetic, so
-bf16's extra casts made the epoch slower (NVIDIA H200: 0.80x the speed of fp32 at 384-d, 0.93x at
-1,152-d). `bf16` set explicitly is obeyed everywhere. Only the item tower's matmuls and activations use it:
+bf16's extra casts made the epoch slower (NVIDIA H200, ML-1M size: 0.80-0.93x the speed of fp32). `bf16` set explicitly is obeyed everywhere. Only the item tower's matmuls and activations use it:
 master weights, the loss and the optimizer state stay fp32 (see StackedTwoTower), and validation,
 selection and test scoring run in fp32 from the master weights.
 """
