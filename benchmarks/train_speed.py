@@ -161,7 +161,8 @@ def tower_flops(n_items: float, sizes: list[int]) -> float:
 
 
 def bench_features(split: Split, features: np.ndarray, config: TrainConfig, device: torch.device,
-                   max_batches: int | None, reference: bool, precisions: list[str]) -> dict[str, float]:
+                   max_batches: int | None, reference: bool, precisions: list[str],
+                   before: bool = False) -> dict[str, float]:
     """Epoch seconds of the 9-point stack, one point, the roofline of each (per precision) and the
     per-sample reference (fp32), all timed batch by batch in turn; evaluation seconds (fp32)."""
     feats = torch.as_tensor(features, device=device)
@@ -183,6 +184,10 @@ def bench_features(split: Split, features: np.ndarray, config: TrainConfig, devi
                                                      batch_size=config.batch_size)
         steps[f"roofline_stack_{precision}"] = bare_tower_step(feats, sizes, len(grid), dtype)
         steps[f"roofline_single_{precision}"] = bare_tower_step(feats, sizes, 1, dtype)
+    if before:  # the trainer before train.precision and the fused optimizer: fp32, plain-op AdamW
+        old = StackedTwoTower([init], feats, [grid[0].dropout], [0])
+        old_opt = StackedAdamW(old.params, [grid[0].lr], config.weight_decay, fused=False)
+        steps["before_single_epoch"] = partial(train_epoch_stacked, old, old_opt, batch_size=config.batch_size)
     if reference:
         model = TwoTower(init, feats, grid[0].dropout).to(device)
         ref_opt = torch.optim.AdamW(model.parameters(), lr=grid[0].lr, weight_decay=config.weight_decay)
@@ -213,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
                         help="dtypes to time (default: fp32, plus bf16 where train.precision auto picks it)")
     parser.add_argument("--no-reference", action="store_true", help="skip the per-sample reference")
+    parser.add_argument("--before", action="store_true",
+                        help="also time one point as trained before train.precision (fp32, plain-op AdamW)")
     parser.add_argument("--early-stop", action="store_true",
                         help="train the full grid once (fast trainer) to measure epochs to early stop")
     parser.add_argument("--epochs", type=float, default=40.0,
@@ -244,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
           f"batch {config.batch_size}, grid {len(config.grid())} points"
           + (" [quick: median of 12 interleaved batches x batches per epoch]" if args.quick else ""))
     for d, feats in features.items():
-        r = bench_features(split, feats, config, device, 12 if args.quick else None, not args.no_reference, precisions)
+        r = bench_features(split, feats, config, device, 12 if args.quick else None, not args.no_reference, precisions,
+                           args.before)
         epochs, how = args.epochs, "assumed"
         if args.early_stop:
             fit = train_grid(split, feats, replace(config, precision=precisions[-1]), device=device, log=lambda m: None)
@@ -272,6 +280,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"one strategy: {total / 3600:.2f} h; Table 2 ({args.strategies} trained strategies at this "
                   f"width): {total * args.strategies / 3600:.1f} h (grid points "
                   f"{'stacked' if stacked else 'one at a time'}, as train_grid does on {device.type})")
+        if "before_single_epoch" in r:
+            after = r[f"single_epoch_{auto}"] if f"single_epoch_{auto}" in r else r[f"single_epoch_{precisions[-1]}"]
+            print(f"  before (fp32, plain-op AdamW), single point: {r['before_single_epoch']:.2f} s/epoch; "
+                  f"now ({auto if f'single_epoch_{auto}' in r else precisions[-1]}): {after:.2f} s/epoch, "
+                  f"{r['before_single_epoch'] / after:.2f}x faster")
         if len(precisions) == 2:
             print(f"  bf16 speed-up over fp32: stack {r['stack_epoch_fp32'] / r['stack_epoch_bf16']:.2f}x, "
                   f"single {r['single_epoch_fp32'] / r['single_epoch_bf16']:.2f}x, roofline "

@@ -240,8 +240,9 @@ class StackedAdamW:
     build lacks the kernel."""
 
     def __init__(self, params: dict[str, Tensor], lr: list[float], weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, fused: bool | None = None):
         device = next(iter(params.values())).device
+        self.fused = FUSED_ADAMW if fused is None else fused and FUSED_ADAMW
         self.lr = list(lr)
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.exp_avg = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -255,7 +256,7 @@ class StackedAdamW:
         self.step_count.fill_(self.steps)
         names = list(params)
         for g, lr in enumerate(self.lr):
-            update = _fused_adamw if FUSED_ADAMW else _plain_adamw
+            update = _fused_adamw if self.fused else _plain_adamw
             update([params[n][g] for n in names], [params[n].grad[g] for n in names],
                    [self.exp_avg[n][g] for n in names], [self.exp_avg_sq[n][g] for n in names],
                    self.step_count, self.steps, lr, self.betas, self.weight_decay, self.eps)
