@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 from xreflect.config import dataset_entry, load_params  # noqa: E402
 from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, read_interactions, read_items, write_items  # noqa: E402
 from xreflect.data.filtering import filter_dataset  # noqa: E402
+from xreflect.data.media_report import filtered_media  # noqa: E402
 from xreflect.io import atomic_path, read_json, write_json, write_npy  # noqa: E402
 
 DATASET, OUT, REPORT = Path("data/dataset"), Path("data/filtered"), Path("metrics/data.json")
@@ -37,6 +38,7 @@ def main() -> None:
     source = DATASET / "source.json"
     # paper_table1: the paper's Table 1 figures for this dataset, shown next to what the filter kept.
     write_json(REPORT, {"dataset": name, **report, "paper_table1": entry.get("paper_table1"),
+                        "media": filtered_media(DATASET, filtered.items),
                         "source": read_json(source) if source.exists() else None})
     print(f"filter: {report['filtered']}", file=sys.stderr)
 

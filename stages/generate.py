@@ -19,7 +19,8 @@ from xreflect.cache import ResponseCache  # noqa: E402
 from xreflect.config import choose, load_params, prompt_spec  # noqa: E402
 from xreflect.cost import Budget, Prices  # noqa: E402
 from xreflect.data.contract import ITEMS_FILE, read_items  # noqa: E402
-from xreflect.generate import RunReport, prompt_requests, run_requests, usage_metric  # noqa: E402
+from xreflect.generate import RunReport, no_image_records, prompt_requests, run_requests, usage_metric  # noqa: E402
+from xreflect.image_guard import items_without_image  # noqa: E402
 from xreflect.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, response_path  # noqa: E402
 from xreflect.prompts import PROMPTS, parse_factor_list  # noqa: E402
@@ -49,7 +50,14 @@ def main() -> None:
     if released:
         print(f"[kar] {len(released)} of {len(items)} items use the released KAR knowledge in "
               f"{KAR_KNOWLEDGE}; the backbone writes the rest", file=sys.stderr)
+    # The image guard runs here, before any backbone exists: too many items without an image stop
+    # the stage; the few allowed are answered by their description (xreflect/image_guard.py).
     requests = prompt_requests(prompt_id, params, [i for i in items if i.item_id not in released], DATASET_DIR)
+    without_image = items_without_image(prompt_id, items)
+    if without_image:
+        print(f"[{prompt_id}] {len(without_image)} of {len(items)} items have no image: no request for them, "
+              f"their description is their response ({', '.join(without_image[:10])}"
+              f"{', ...' if len(without_image) > 10 else ''})", file=sys.stderr)
     backbone_name, backbone = choose(params, "backbone", "backbones")
     backend = create_backend(backbone_name, params.get("backbones") or {})
     prices = Prices.from_config(backbone)
@@ -64,11 +72,13 @@ def main() -> None:
     finally:
         backend.close()
         cache.close()
-    if released:
+    if released or without_image:
         by_item = {r["item_id"]: r for r in records}
         by_item.update({item_id: {"item_id": item_id, "text": text, "key": None, "model": "released",
                                   "failed": False} for item_id, text in released.items()})
+        by_item.update({r["item_id"]: r for r in no_image_records(items, without_image)})
         records = [by_item[item.item_id] for item in items]
+    metric["items_without_image"] = len(without_image)
     if not spec.per_item:  # asked once per dataset (KAR's factor list)
         records = [{**records[0], "factors": parse_factor_list(records[0]["text"])}]
     write_jsonl(response_path(prompt_id), records)

@@ -58,10 +58,13 @@ def store_image(cached: Path, images_dir: Path) -> str:
 
 
 def attach_images(items: list[Item], candidates: Mapping[str, Sequence[str]], out_dir: Path,
-                  cache_dir: Path, settings: Settings, policy: str, name: str) -> tuple[list[Item], dict]:
-    """Fetch an image for each item in `candidates` (id -> URLs, best first), store it, and apply
-    `policy` to the candidates without one. Items not in `candidates` keep `image: null`."""
-    results = fetch_images(candidates, cache_dir, settings)
+                  cache_dir: Path, settings: Settings, policy: str, name: str,
+                  digests: Mapping[str, str] | None = None,
+                  no_url_reason: str = "no image URL") -> tuple[list[Item], dict]:
+    """Fetch an image for each item in `candidates` (id -> URLs, best first; `digests`: URL ->
+    pinned sha256), store it, and apply `policy` to the candidates without one. Items not in
+    `candidates` keep `image: null`."""
+    results = fetch_images(candidates, cache_dir, settings, digests)
     missing: list[tuple[str, str, str]] = []  # (item_id, url, reason)
     with_image: list[Item] = []
     for item in items:
@@ -72,7 +75,7 @@ def attach_images(items: list[Item], candidates: Mapping[str, Sequence[str]], ou
             with_image.append(replace(item, image=store_image(result.path, out_dir / IMAGES_DIR)))
         else:
             urls = candidates[item.item_id]
-            reason = "; ".join(result.errors) if result.errors else "no image URL"
+            reason = "; ".join(result.errors) if result.errors else no_url_reason
             missing.append((item.item_id, urls[-1] if urls else "", reason))
             with_image.append(item)
     write_text(out_dir / MISSING_FILE, _missing_csv(missing))
