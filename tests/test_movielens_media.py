@@ -112,6 +112,7 @@ def test_plots_and_manifest_posters(server, tmp_path, capsys):
     assert missing["4"] == "no poster URL (the poster set has no file for it)"
     posters = source["posters"]
     assert (posters["attempted"], posters["with_image"], posters["without_image"]) == (5, 3, 2)
+    assert posters["with_image_by_host"] == {server.url("/").split("/")[2]: 3}
     assert posters["not_in_poster_set"] == ["4"] and posters["not_in_poster_set_core"] == ["4"]
 
     filtered, report = filter_dataset(list(items.values()), read_interactions(out / "interactions.csv"), 5)

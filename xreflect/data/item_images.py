@@ -12,9 +12,11 @@ import csv
 import hashlib
 import io
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -87,7 +89,10 @@ def attach_images(items: list[Item], candidates: Mapping[str, Sequence[str]], ou
             f"datasets.{name}.missing_image to 'text-only' (keep them without an image) or 'drop'.")
     dropped = {item_id for item_id, _, _ in missing} if policy == "drop" else set()
     kept = [item for item in with_image if item.item_id not in dropped]
+    # Which host answered, so that a poster table's share can be told from the template's.
+    hosts = Counter(urlparse(r.url).netloc or "local" for r in results.values() if r.path is not None)
     report = {"policy": policy, "attempted": len(candidates), "with_image": len(candidates) - len(missing),
+              "with_image_by_host": dict(sorted(hosts.items())),
               "without_image": len(missing), "dropped": len(dropped), "missing_list": MISSING_FILE,
               "missing_examples": examples}
     return kept, report
