@@ -353,12 +353,22 @@ def fetch_images(candidates: Mapping[str, Sequence[str]], cache_dir: Path, setti
             result.errors.append(f"{url}: {error}")
         return result
 
+    cached = sum((cache_dir / url_key(urls[0])).is_file() for urls in candidates.values() if urls)
     results: dict[str, ImageResult] = {}
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=settings.workers)
+    try:
         futures = [pool.submit(first_usable, item_id, urls) for item_id, urls in candidates.items()]
         for future in _progress(as_completed(futures), len(futures), "images", settings.progress):
             result = future.result()
             results[result.item_id] = result
+    except BaseException:
+        # Interrupted (Ctrl-C, a failure): stop now instead of working through the queue. Finished
+        # images stay cached; a partial one is resumed or replaced by the next run.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    if settings.progress:
+        _stderr(f"images: {len(candidates)} items, {cached} already cached from an earlier run")
     return {item_id: results[item_id] for item_id in candidates}
 
 
