@@ -20,7 +20,7 @@ from xreflect.config import choose, load_params, prompt_spec  # noqa: E402
 from xreflect.cost import Budget, Prices  # noqa: E402
 from xreflect.data.contract import ITEMS_FILE, read_items  # noqa: E402
 from xreflect.generate import RunReport, no_image_records, prompt_requests, run_requests, usage_metric  # noqa: E402
-from xreflect.image_guard import items_without_image  # noqa: E402
+from xreflect.image_guard import MissingImages, items_without_image  # noqa: E402
 from xreflect.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, response_path  # noqa: E402
 from xreflect.prompts import PROMPTS, parse_factor_list  # noqa: E402
@@ -52,7 +52,10 @@ def main() -> None:
               f"{KAR_KNOWLEDGE}; the backbone writes the rest", file=sys.stderr)
     # The image guard runs here, before any backbone exists: too many items without an image stop
     # the stage; the few allowed are answered by their description (xreflect/image_guard.py).
-    requests = prompt_requests(prompt_id, params, [i for i in items if i.item_id not in released], DATASET_DIR)
+    try:
+        requests = prompt_requests(prompt_id, params, [i for i in items if i.item_id not in released], DATASET_DIR)
+    except MissingImages as err:
+        raise SystemExit(str(err)) from None
     without_image = items_without_image(prompt_id, items)
     if without_image:
         print(f"[{prompt_id}] {len(without_image)} of {len(items)} items have no image: no request for them, "

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from fake_openai_server import FakeOpenAI
-from xreflect import cost
+from xreflect import batch, cost
 from xreflect.data.contract import Item
 from xreflect.image_guard import MissingImages, check_image_coverage, items_without_image
 
@@ -98,6 +98,7 @@ def test_openai_stage_sends_nothing_above_the_share_then_skips_the_few(tmp_path)
         assert "[visual_only] 1 of 40 items (2.5%) have no image" in blocked.stderr
         assert "generate.max_missing_images=0.03" in blocked.stderr
         assert server.chat_requests == []                                  # not a single request
+        assert "Traceback" not in blocked.stderr                           # one clear error
         assert not (tmp_path / "data/responses/visual_only.jsonl").exists()
 
         env = project(tmp_path, 40, {3}, "gpt4v", 0.05, server.base_url)   # now 2.5% <= 5%
@@ -148,3 +149,12 @@ def test_cost_dry_run_applies_the_guard(tmp_path, monkeypatch, capsys):
     (row,) = json.loads(capsys.readouterr().out)
     # 38 calls: the two items without an image are answered from their description, for free.
     assert (row["requests"], row["calls"], row["without_image"], row["blocked"]) == (38, 38, 2, None)
+
+
+def test_batch_prepare_applies_the_guard(tmp_path, monkeypatch):
+    project(tmp_path, 40, {3, 4}, "gpt4v", 0.01)                           # 2 of 40 = 5% > 1%
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XREFLECT_CACHE_DIR", str(tmp_path / ".cache"))
+    with pytest.raises(SystemExit, match=r"\[cot\] 2 of 40 items \(5.0%\) have no image"):
+        batch.main(["prepare", "--prompt", "cot"])
+    assert not list((tmp_path / ".cache").rglob("*.jsonl"))                # no batch file written
