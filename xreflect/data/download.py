@@ -368,7 +368,7 @@ def fetch_images(candidates: Mapping[str, Sequence[str]], cache_dir: Path, setti
         raise
     pool.shutdown()
     if settings.progress:
-        _stderr(f"images: {len(candidates)} items, {cached} already cached from an earlier run")
+        _stderr(f"images: {len(candidates)} items; for {cached} the first URL was cached by an earlier run")
     return {item_id: results[item_id] for item_id in candidates}
 
 
