@@ -145,9 +145,11 @@ def test_title_check_needs_a_row_order_table(server, tmp_path):
         prepare(tmp_path / "dataset", "movielens-1m", config, {})
 
 
-def test_images_dir_exists_without_any_image(server, tmp_path):
+def test_images_dir_exists_without_any_image(server, tmp_path, capsys):
     out = tmp_path / "dataset"
     prepare_dataset(out, "movielens-1m", entry(server, tmp_path, posters=None, descriptions=None), {})
+    assert ("descriptions: no table configured (datasets.movielens-1m.descriptions.table); all 8 movies get "
+            "the title/year/genres sentence") in capsys.readouterr().err
     assert (out / "images").is_dir() and list((out / "images").iterdir()) == []
     assert all(item.image is None for item in read_items(out / "items.jsonl"))
     assert {row["reason"] for row in csv.DictReader(open(out / "fallback_descriptions.csv"))} == {"no_table"}
