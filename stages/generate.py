@@ -21,7 +21,8 @@ from xreflect.config import load_params, registry_entry
 from xreflect.strategies import strategy_sources
 from xreflect.cost import Budget, Prices
 from xreflect.data.contract import ITEMS_FILE, Item, read_items
-from xreflect.generate import RunReport, prompt_requests, prompts_for, run_requests, usage_metric
+from xreflect.generate import RunReport, no_image_records, prompt_requests, prompts_for, run_requests, usage_metric
+from xreflect.image_guard import MissingImages, check_image_coverage, items_without_image
 from xreflect.io import log_stderr, read_jsonl, write_json, write_jsonl
 from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, RESPONSES_DIR
 from xreflect.prompts import PROMPTS, parse_factor_list
@@ -49,16 +50,23 @@ def generate_prompt(prompt_id: str, params: dict, items: list[Item], out_dir: Pa
                    f"{KAR_KNOWLEDGE}; the backbone writes the rest")
     requests = prompt_requests(prompt_id, params, [i for i in items if i.item_id not in released],
                                DATASET_DIR, responses_dir=out_dir)
+    without_image = items_without_image(prompt_id, items)
+    if without_image:
+        log_stderr(f"[{prompt_id}] {len(without_image)} of {len(items)} items have no image: no request for them, "
+                   f"their description is their response ({', '.join(without_image[:10])}"
+                   f"{', ...' if len(without_image) > 10 else ''})")
     budget = Budget(settings.get("budget_usd_per_prompt"), prices)
     report = RunReport()
     max_failures = float(settings.get("max_failures", 0.0)) if PROMPTS[prompt_id].per_item else 0.0
     records = run_requests(requests, backend, cache, max_failures, label=prompt_id, budget=budget, report=report)
     metric = usage_metric(requests, records, backend, cache, prices, report)
-    if released:
+    if released or without_image:
         by_item = {r["item_id"]: r for r in records}
         by_item.update({item_id: {"item_id": item_id, "text": text, "key": None, "model": "released",
                                   "failed": False} for item_id, text in released.items()})
+        by_item.update({r["item_id"]: r for r in no_image_records(items, without_image)})
         records = [by_item[item.item_id] for item in items]
+    metric["items_without_image"] = len(without_image)
     if not PROMPTS[prompt_id].per_item:  # asked once per dataset (KAR's factor list)
         records = [{**records[0], "factors": parse_factor_list(records[0]["text"])}]
     write_jsonl(out_dir / f"{prompt_id}.jsonl", records)
@@ -80,6 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     if prompts:
         log_stderr(f"generate {strategy}: prompts {prompts}")
         items = read_items(FILTERED_DIR / ITEMS_FILE)
+        # The image guard, before any backbone exists: too many items without an image stop the
+        # stage before a single request; the few allowed are answered by their description.
+        try:
+            for prompt_id in prompts:
+                check_image_coverage(prompt_id, items, params)
+        except MissingImages as err:
+            raise SystemExit(str(err)) from None
         backbone_name, backbone = registry_entry(params, "backbone", "backbones")
         backend = create_backend(backbone_name, params.get("backbones") or {})
         cache = ResponseCache()

@@ -20,6 +20,7 @@ from xreflect.cache import ResponseCache, request_key
 from xreflect.config import ParamsError, dataset_entry
 from xreflect.cost import Budget, BudgetExhausted, Prices, summarize_usage, worst_case_cost
 from xreflect.data.contract import Item, read_image
+from xreflect.image_guard import check_image_coverage
 from xreflect.io import read_jsonl
 from xreflect.pipeline import RESPONSES_DIR
 from xreflect.prompts import PROMPTS, PromptSpec
@@ -147,8 +148,12 @@ def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
 
 def prompt_requests(prompt_id: str, params: Mapping, items: list[Item], dataset_dir: Path,
                     placeholder: str | None = None, responses_dir: Path | None = None) -> list[Request]:
-    """Every request of one prompt: one per item, or a single one for a dataset-level prompt."""
+    """Every request of one prompt: one per item, or a single one for a dataset-level prompt.
+    An image prompt first passes the image guard (xreflect.image_guard): it raises when too many
+    items have no image, and otherwise leaves those items out (they are answered without a call)."""
     spec = PROMPTS[prompt_id]
+    without_image = set(check_image_coverage(prompt_id, items, params))
+    items = [item for item in items if item.item_id not in without_image]
     shared, parents = inputs_of(prompt_id, params, items, placeholder, responses_dir)
     if spec.per_item:
         return build_requests(spec, items, dataset_dir, shared, parents)
@@ -257,3 +262,10 @@ def usage_metric(requests: list[Request], records: list[dict], backend: Backend,
             "this_run": {"cached": report.cached, "generated": report.generated,
                          "cost_usd": round(report.new_cost_usd, 6), "wall_s": report.wall_s,
                          "requests_sent": stats.get("requests_sent", 0), "retries": stats.get("retries", 0)}}
+
+
+def no_image_records(items: list[Item], item_ids: list[str]) -> list[dict]:
+    """The responses of an image prompt for items without an image: their own description, no call."""
+    wanted = set(item_ids)
+    return [{"item_id": item.item_id, "text": item.description, "key": None, "model": None, "failed": False,
+             "no_image": True} for item in items if item.item_id in wanted]
