@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from xreflect.backends.base import Request
+from xreflect.errors import EXIT_BUDGET, StopRun
 
 # OpenAI's published image accounting for GPT-4o-class models: 85 tokens per image plus 170 per
 # 512-px tile after scaling the image into 2048x2048 and its short side down to 768.
@@ -28,8 +29,9 @@ IMAGE_TILE_TOKENS = 170
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of one user message
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(StopRun):
     """The next request could take the stage past its budget; nothing more is sent."""
+    exit_code = EXIT_BUDGET
 
 
 def image_size(data: bytes) -> tuple[int, int]:

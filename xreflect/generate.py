@@ -16,11 +16,12 @@ from typing import Mapping
 
 from tqdm import tqdm
 
-from xreflect.backends.base import Backend, GenerationError, Request
+from xreflect.backends.base import Backend, GenerationError, NotSent, Request
 from xreflect.cache import ResponseCache, request_key
 from xreflect.config import ParamsError, dataset_entry
 from xreflect.cost import Budget, BudgetExhausted, Prices, summarize_usage, worst_case_cost
 from xreflect.data.contract import Item
+from xreflect.errors import EXIT_FAILURES, StopRun
 from xreflect.io import read_jsonl
 from xreflect.pipeline import check_declared_deps, response_path
 from xreflect.prompts import PROMPTS, PromptSpec
@@ -33,8 +34,9 @@ class ParentText:
     key: str | None = None
 
 
-class GenerationFailed(RuntimeError):
-    pass
+class GenerationFailed(StopRun):
+    """More items failed than generate.max_failures allows."""
+    exit_code = EXIT_FAILURES
 
 
 def read_image(item: Item, dataset_dir: Path) -> tuple[bytes | None, str | None]:
@@ -145,7 +147,8 @@ def _generate_into_cache(indices: list[int], requests: list[Request], keys: list
         index = indices[local_index]
         if isinstance(outcome, GenerationError):
             errors[index] = str(outcome)
-            cache.record_failure(keys[index], requests[index], str(outcome))
+            if not isinstance(outcome, NotSent):  # never sent: nothing failed, nothing to record
+                cache.record_failure(keys[index], requests[index], str(outcome))
         else:
             cache.put(keys[index], requests[index], outcome)
             report.generated += 1
