@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 
+from xreflect.cli import run_stage
 from xreflect.config import load_params
 from xreflect.data.contract import ITEMS_FILE, read_items
 from xreflect.embed import TextEmbedder, encode_images, image_encoder
@@ -55,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xreflect.cli import run_stage
 from xreflect.config import ParamsError, dataset_entry, load_params, strategy_sources
 from xreflect.data.split import Split
 from xreflect.io import read_json, write_json, write_text
@@ -63,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xreflect.backends import create_backend
 from xreflect.cache import ResponseCache
+from xreflect.cli import run_stage
 from xreflect.config import registry_entry, load_params, prompt_spec
 from xreflect.cost import Budget, Prices
 from xreflect.data.contract import ITEMS_FILE, read_items
@@ -78,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xreflect.cli import run_stage
 from xreflect.config import load_params
 from xreflect.data.contract import ITEMS_FILE, read_items
 from xreflect.io import atomic_path, write_json
@@ -38,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

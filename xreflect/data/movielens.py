@@ -19,10 +19,12 @@ from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
+from xreflect.data.archives import DAMAGED, damaged_archive
 from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, Item, write_interactions, write_items
 from xreflect.data.descriptions import TableSpec, keyed_texts, movie_fallback, obtain_table, read_records
 from xreflect.data.download import Settings, fetch_file, raw_dir_for
 from xreflect.data.item_images import attach_images, core_items, missing_image_policy
+from xreflect.errors import DataError
 from xreflect.io import write_json, write_jsonl
 
 ARCHIVE = "ml-1m.zip"
@@ -44,7 +46,7 @@ def _member_lines(archive: zipfile.ZipFile, name: str, where: Path) -> tuple[Ite
     """The member's lines and a label ("<zip>:<member>") for error messages."""
     members = [m for m in archive.namelist() if m == name or m.endswith("/" + name)]
     if not members:
-        raise ValueError(f"{where} has no {name}; is it the MovieLens-1M archive (ml-1m.zip)?")
+        raise DataError(f"{where} has no {name}; is it the MovieLens-1M archive (ml-1m.zip)?")
     text = archive.read(members[0]).decode("latin-1")  # the archive's documented encoding
     return iter(text.splitlines()), f"{where}:{members[0]}"
 
@@ -55,7 +57,7 @@ def _fields(lines: Iterator[str], source: str, count: int) -> Iterator[tuple[int
             continue
         fields = line.split("::")
         if len(fields) != count:
-            raise ValueError(f"{source}, line {number}: expected {count} fields separated by '::', "
+            raise DataError(f"{source}, line {number}: expected {count} fields separated by '::', "
                              f"got {len(fields)}: {line[:200]!r}")
         yield number, line, fields
 
@@ -64,7 +66,7 @@ def _int(value: str, source: str, number: int, line: str, what: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{source}, line {number}: {what} {value!r} is not an integer: {line[:200]!r}") from None
+        raise DataError(f"{source}, line {number}: {what} {value!r} is not an integer: {line[:200]!r}") from None
 
 
 def parse_ratings(lines: Iterator[str], source: str) -> pd.DataFrame:
@@ -101,14 +103,17 @@ def parse_movies(lines: Iterator[str], source: str) -> list[Movie]:
 
 def read_archive(path: Path) -> tuple[pd.DataFrame, list[Movie], int]:
     """(ratings, movies in file order, number of users in users.dat)."""
-    with zipfile.ZipFile(path) as archive:
-        ratings = parse_ratings(*_member_lines(archive, "ratings.dat", path))
-        movies = parse_movies(*_member_lines(archive, "movies.dat", path))
-        lines, source = _member_lines(archive, "users.dat", path)
-        n_users = sum(1 for _ in _fields(lines, source, 5))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            ratings = parse_ratings(*_member_lines(archive, "ratings.dat", path))
+            movies = parse_movies(*_member_lines(archive, "movies.dat", path))
+            lines, source = _member_lines(archive, "users.dat", path)
+            n_users = sum(1 for _ in _fields(lines, source, 5))
+    except DAMAGED as error:
+        raise damaged_archive(path, error) from error
     unknown = set(ratings["item_id"]) - {m.movie_id for m in movies}
     if unknown:
-        raise ValueError(f"{path}: ratings.dat refers to {len(unknown)} MovieID(s) missing from "
+        raise DataError(f"{path}: ratings.dat refers to {len(unknown)} MovieID(s) missing from "
                          f"movies.dat, e.g. {sorted(unknown)[:5]}; the archive looks damaged")
     return ratings, movies, n_users
 
