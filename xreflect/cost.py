@@ -63,21 +63,24 @@ def estimate_prompt_tokens(request: Request, detail: str = "auto") -> int:
 
 @dataclass(frozen=True)
 class Prices:
-    """USD per million tokens, by model id: {model: (input, output)}."""
+    """USD per million tokens, by model id: {model: (input, output)}; answers that came through the
+    Batch API (usage marked `batch`) cost `batch_discount` times that."""
     by_model: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    batch_discount: float = 1.0
 
     @classmethod
     def from_config(cls, backbone: Mapping[str, Any]) -> "Prices":
         table = backbone.get("prices") or {}
         return cls({model: (float(p.get("input", 0.0)), float(p.get("output", 0.0)))
-                    for model, p in table.items()})
+                    for model, p in table.items()}, float(backbone.get("batch_discount", 1.0)))
 
     def cost(self, model: str | None, prompt_tokens: float, completion_tokens: float) -> float:
         price_in, price_out = self.by_model.get(model or "", (0.0, 0.0))
         return (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
 
     def cost_of_usage(self, model: str | None, usage: Mapping[str, Any]) -> float:
-        return self.cost(model, usage.get("prompt_tokens", 0) or 0, usage.get("completion_tokens", 0) or 0)
+        cost = self.cost(model, usage.get("prompt_tokens", 0) or 0, usage.get("completion_tokens", 0) or 0)
+        return cost * self.batch_discount if usage.get("batch") else cost
 
 
 def worst_case_cost(request: Request, identity: Mapping[str, Any], prices: Prices) -> float:
