@@ -17,7 +17,7 @@ from xreflect.backends import create_backend
 from xreflect.cache import ResponseCache
 from xreflect.cli import run_stage
 from xreflect.config import registry_entry, load_params, prompt_spec
-from xreflect.cost import Budget, Prices
+from xreflect.cost import Prices, stage_budget
 from xreflect.data.contract import ITEMS_FILE, read_items
 from xreflect.generate import RunReport, prompt_requests, run_requests, usage_metric
 from xreflect.io import read_jsonl, write_json, write_jsonl
@@ -37,6 +37,16 @@ def released_kar_knowledge(item_ids: list[str]) -> dict[str, str]:
     return {r["item_id"]: r["knowledge"] for r in read_jsonl(KAR_KNOWLEDGE) if r["item_id"] in wanted}
 
 
+def failed_items_notice(prompt_id: str, records: list[dict], settings: dict) -> str:
+    """The tolerated failures are pending work: DVC sees the stage as up to date, so say how to retry."""
+    failed = [r["item_id"] for r in records if r["failed"]]
+    return (f"[{prompt_id}] PENDING: {len(failed)} of {len(records)} items failed (allowed by "
+            f"generate.max_failures={settings.get('max_failures', 0.0)}) and use their description "
+            f"instead of an answer, e.g. items {failed[:5]}; the reasons are in the response cache's "
+            f"failure table. `dvc status` shows this stage as up to date: to retry only these items, run "
+            f"`dvc repro -s -f generate_{prompt_id}` (cached answers are reused), then `dvc repro`.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompt", required=True, help=f"one of {sorted(PROMPTS)}")
@@ -53,10 +63,10 @@ def main() -> None:
     backbone_name, backbone = registry_entry(params, "backbone", "backbones")
     backend = create_backend(backbone_name, params.get("backbones") or {})
     prices = Prices.from_config(backbone)
-    budget = Budget(settings.get("budget_usd_per_prompt"), prices)
     report = RunReport()
     cache = ResponseCache()
     try:
+        budget = stage_budget(params, backend, requests, cache)
         max_failures = float(settings.get("max_failures", 0.0)) if spec.per_item else 0.0
         records = run_requests(requests, backend, cache, max_failures, label=prompt_id,
                                budget=budget, report=report)
@@ -75,6 +85,8 @@ def main() -> None:
     # What this run did (cached vs generated, wall time) changes on every rerun: it goes to the log,
     # not into the metric, so `dvc metrics diff` shows only changes in what the outputs cost.
     print(f"[{prompt_id}] this run: {metric.pop('this_run')}", file=sys.stderr)
+    if metric["failed"]:
+        print(failed_items_notice(prompt_id, records, settings), file=sys.stderr)
     write_json(METRICS_DIR / f"{prompt_id}.json", metric)
 
 

@@ -39,7 +39,7 @@ from xreflect.backends import create_backend
 from xreflect.backends.base import GenerationError, Request
 from xreflect.backends.openai_backend import OpenAIBackend, chat_body, response_from_body
 from xreflect.cache import ResponseCache, cache_dir, request_key
-from xreflect.cost import Budget, BudgetExhausted, Prices, worst_case_cost
+from xreflect.cost import BudgetExhausted, Prices, ledger_scope, stage_budget, worst_case_cost
 from xreflect.errors import EXIT_SERVER, StopRun
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -169,8 +169,11 @@ def download(client, batch) -> list[str]:
     return lines
 
 
-def merge_results(lines: Iterable[str], state: Mapping, cache: ResponseCache) -> tuple[int, int]:
+def merge_results(lines: Iterable[str], state: Mapping, cache: ResponseCache, prices: Prices | None = None,
+                  scope: str | None = None) -> tuple[int, int]:
     """Store each answer under its custom_id (= cache key); record failures. Returns (stored, failed).
+    With `prices` and `scope`, what each answer cost (at the batch price) goes into the spending
+    ledger of the whole-run budget.
 
     Reads both the OpenAI format and `vllm run-batch` output (the same line shape)."""
     stored = failed = 0
@@ -190,7 +193,10 @@ def merge_results(lines: Iterable[str], state: Mapping, cache: ResponseCache) ->
             try:
                 answer = response_from_body(response["body"])
                 # marked so that the usage metric and the budget price it at the batch price
-                cache.put(key, request, dataclasses.replace(answer, usage={**answer.usage, "batch": 1}))
+                answer = dataclasses.replace(answer, usage={**answer.usage, "batch": 1})
+                cache.put(key, request, answer)
+                if prices is not None and scope and prices.cost_of_usage(answer.model, answer.usage):
+                    cache.record_spend(scope, template_id, prices.cost_of_usage(answer.model, answer.usage))
                 stored += 1
                 continue
             except GenerationError as problem:
@@ -206,16 +212,16 @@ def _client(backend: OpenAIBackend):
 
 
 def _check_budget(state: dict, requests: list[Request], backend: OpenAIBackend,
-                  backbone: Mapping, settings: Mapping) -> None:
-    prices = Prices.from_config(backbone)
+                  params: Mapping, cache: ResponseCache) -> None:
+    """Refuse to submit a batch whose worst case (at the batch price) could break either budget."""
     keys = set(state["requests"])
-    worst = sum(worst_case_cost(r, backend.identity(r), prices) for r in requests
-                if request_key(r, backend.identity(r)) in keys)
-    worst *= float(backbone.get("batch_discount", 1.0))
-    budget = Budget(settings.get("budget_usd_per_prompt"), prices)
-    if budget.limit_usd is not None and worst > budget.limit_usd:
-        raise BudgetExhausted(f"batch for {state['prompt']!r} could cost up to ${worst:.4f}, over "
-                              f"generate.budget_usd_per_prompt=${budget.limit_usd:.2f}; raise it to submit")
+    chosen = [r for r in requests if request_key(r, backend.identity(r)) in keys]
+    budget = stage_budget(params, backend, chosen, cache)
+    worst = sum(worst_case_cost(r, backend.identity(r), budget.prices) for r in chosen)
+    worst *= budget.prices.batch_discount
+    if budget.affordable([worst]) == 0:
+        raise BudgetExhausted(f"batch for {state['prompt']!r} could cost up to ${worst:.4f} at the batch "
+                              f"price, more than is left under {budget.reached()}; raise that budget to submit")
     print(f"batch {state['prompt']}: {len(keys)} requests, worst case ${worst:.4f}", file=sys.stderr)
 
 
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"batch {batch_id} for these {len(state['requests'])} requests is already {status}: "
                       "resuming it, not submitting again (--force submits a new one)", file=sys.stderr)
             else:
-                _check_budget(state, requests, backend, backbone, params.get("generate") or {})
+                _check_budget(state, requests, backend, params, cache)
                 state.update(batch_id=submit(_client(backend), state), status="submitted")
                 print(f"submitted batch {state['batch_id']}", file=sys.stderr)
             save_state(directory, args.prompt, state)
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             if batch.status != "completed":
                 raise SystemExit(f"batch {state['batch_id']} is {batch.status}; merge when it is completed")
             lines = download(_client(backend), batch)
-        stored, failed = merge_results(lines, state, cache)
+        stored, failed = merge_results(lines, state, cache, Prices.from_config(backbone), ledger_scope(params))
         state["status"] = "merged"
         save_state(directory, args.prompt, state)
         print(f"merged into the cache: {stored} answers, {failed} failures (retried by the stage)",

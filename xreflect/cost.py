@@ -15,9 +15,11 @@ anything is spent (see `main`).
 from __future__ import annotations
 
 import io
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
+from urllib.parse import urlparse
 
 from xreflect.backends.base import Request
 from xreflect.errors import EXIT_BUDGET, StopRun
@@ -27,6 +29,7 @@ from xreflect.errors import EXIT_BUDGET, StopRun
 IMAGE_BASE_TOKENS = 85
 IMAGE_TILE_TOKENS = 170
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of one user message
+BUDGET_KEYS = ("budget_usd_per_prompt", "budget_usd_total")
 
 
 class BudgetExhausted(StopRun):
@@ -95,17 +98,32 @@ def worst_case_cost(request: Request, identity: Mapping[str, Any], prices: Price
 
 @dataclass
 class Budget:
-    """The spending cap of one stage run; `spent_usd` counts actual usage of answers received."""
+    """The spending caps of one stage run; `spent_usd` counts actual usage of answers received.
+
+    `limit_usd` caps this stage run (generate.budget_usd_per_prompt). `total_limit_usd` caps the
+    whole run (generate.budget_usd_total): everything generation has spent on this dataset with this
+    backbone, over all prompts and all runs, as recorded answer by answer in the response cache's
+    ledger under `scope` ("<dataset>/<backbone>"); `spent_before_usd` is that sum when the stage
+    started. Either may be None (no cap)."""
     limit_usd: float | None
     prices: Prices
     spent_usd: float = 0.0
+    total_limit_usd: float | None = None
+    spent_before_usd: float = 0.0
+    scope: str | None = None
+
+    def room(self) -> float | None:
+        rooms = [limit - spent for limit, spent in ((self.limit_usd, self.spent_usd),
+                 (self.total_limit_usd, self.spent_before_usd + self.spent_usd)) if limit is not None]
+        return min(rooms) if rooms else None
 
     def affordable(self, worst_costs: Iterable[float]) -> int:
-        """How many of the next requests (in order) fit under the cap if each costs its worst case."""
+        """How many of the next requests (in order) fit under the caps if each costs its worst case."""
         costs = list(worst_costs)
-        if self.limit_usd is None:
+        room = self.room()
+        if room is None:
             return len(costs)
-        room, count = self.limit_usd - self.spent_usd, 0
+        count = 0
         for cost in costs:
             if cost > room:
                 break
@@ -117,6 +135,73 @@ class Budget:
         cost = self.prices.cost_of_usage(model, usage)
         self.spent_usd += cost
         return cost
+
+    def reached(self) -> str:
+        """Which cap stops the run, with what was spent under it."""
+        per_stage = None if self.limit_usd is None else self.limit_usd - self.spent_usd
+        whole = None if self.total_limit_usd is None else \
+            self.total_limit_usd - self.spent_before_usd - self.spent_usd
+        if whole is not None and (per_stage is None or whole < per_stage):
+            return (f"the whole-run budget generate.budget_usd_total=${self.total_limit_usd:.2f} for "
+                    f"{self.scope}: ${self.spent_before_usd:.4f} spent by earlier runs and "
+                    f"${self.spent_usd:.4f} by this one")
+        return (f"the per-stage budget generate.budget_usd_per_prompt=${self.limit_usd:.2f}: "
+                f"${self.spent_usd:.4f} spent by this run")
+
+
+def is_local_url(url: str) -> bool:
+    """A server on this machine or a private network (a vLLM/lmdeploy/Ollama box): free to call."""
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def require_prices(backbone_name: str, backbone: Mapping[str, Any], models: Mapping[str, Iterable[str]],
+                   server_urls: Iterable[str], settings: Mapping[str, Any]) -> None:
+    """Refuse a budgeted run on a paid server with a model that has no price: the budget could not
+    hold for it (it would count as $0). `models` maps each model id to the prompts that use it."""
+    budgets = {key: settings.get(key) for key in BUDGET_KEYS if settings.get(key) is not None}
+    urls = list(server_urls)
+    if backbone.get("provider") != "openai" or not budgets or (urls and all(map(is_local_url, urls))):
+        return
+    prices = Prices.from_config(backbone)
+    missing = {model: sorted(set(prompts)) for model, prompts in models.items() if model not in prices.by_model}
+    if missing:
+        from xreflect.config import ParamsError
+
+        model, prompts = next(iter(missing.items()))
+        raise ParamsError(
+            f"params.yaml: backbones.{backbone_name}.prices has no price for model {model!r} (used by "
+            f"{', '.join(prompts)}), so the budget ({', '.join(f'generate.{k}={v}' for k, v in budgets.items())}) "
+            f"cannot hold for it. Add its price, in USD per million tokens, from the provider's pricing "
+            f"page under backbones.{backbone_name}.prices: `{model}: {{input: <USD>, output: <USD>}}`; or set "
+            "the budgets to null to run without a cap." + (f" Also without a price: {list(missing)[1:]}." if len(missing) > 1 else ""))
+
+
+def ledger_scope(params: Mapping[str, Any]) -> str:
+    """The whole run a total budget covers: one dataset generated with one backbone."""
+    return f"{params.get('dataset')}/{params.get('backbone')}"
+
+
+def stage_budget(params: Mapping[str, Any], backend, requests: Iterable[Request], cache) -> Budget:
+    """The budget of one generate stage run, after checking that every paid model has a price."""
+    backbone = (params.get("backbones") or {})[backend.name]
+    settings = params.get("generate") or {}
+    models: dict[str, list[str]] = {}
+    for request in requests:
+        models.setdefault(backend.identity(request).get("model"), []).append(request.template_id)
+    urls = backend.base_urls() if hasattr(backend, "base_urls") else []
+    require_prices(backend.name, backbone, models, urls, settings)
+    scope = ledger_scope(params)
+    total = settings.get("budget_usd_total")
+    return Budget(settings.get("budget_usd_per_prompt"), Prices.from_config(backbone),
+                  total_limit_usd=None if total is None else float(total),
+                  spent_before_usd=cache.spent_usd(scope), scope=scope)
 
 
 def summarize_usage(models: Iterable[str | None], usages: Iterable[Mapping[str, Any]],

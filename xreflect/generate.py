@@ -153,8 +153,10 @@ def _generate_into_cache(indices: list[int], requests: list[Request], keys: list
             cache.put(keys[index], requests[index], outcome)
             report.generated += 1
             if budget is not None:
-                report.new_cost_usd += budget.charge(backend.identity(requests[index]).get("model"),
-                                                     outcome.usage)
+                cost = budget.charge(backend.identity(requests[index]).get("model"), outcome.usage)
+                report.new_cost_usd += cost
+                if budget.scope and cost:
+                    cache.record_spend(budget.scope, requests[index].template_id, cost)
         bar.update(1)
 
 
@@ -186,11 +188,10 @@ def run_requests(requests: list[Request], backend: Backend, cache: ResponseCache
                 count = budget.affordable(worst[p] for p in pending) if budget is not None else len(pending)
                 if count == 0:
                     raise BudgetExhausted(
-                        f"[{label}] budget reached: spent ${budget.spent_usd:.4f} of "
-                        f"${budget.limit_usd:.2f} (generate.budget_usd_per_prompt) on {report.generated} new "
-                        f"answers, which are cached; {len(pending)} requests not sent (up to "
+                        f"[{label}] budget reached: {budget.reached()}. {report.generated} new answers "
+                        f"are cached; {len(pending)} requests not sent (up to "
                         f"${sum(worst[p] for p in pending):.4f} more). Check `python -m xreflect.cost`, "
-                        "raise the budget and rerun.")
+                        "raise that budget in params.yaml and rerun.")
                 chunk, pending = pending[:count], pending[count:]
                 _generate_into_cache([misses[p] for p in chunk], requests, keys, backend, cache,
                                      budget, report, errors, bar)
