@@ -18,6 +18,7 @@ import io
 import ipaddress
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
 
@@ -231,7 +232,57 @@ def prompts_in_use(params: Mapping[str, Any]) -> list[str]:
     return [prompt_id for prompt_id in PROMPTS if prompt_id in needed]  # PROMPTS lists parents first
 
 
-def estimate(params: Mapping[str, Any], prompt_ids: list[str], cache, expected_output_tokens: int) -> list[dict]:
+# What an item is assumed to be when the selected dataset is not filtered yet (the dry run says so).
+ASSUMED_DESCRIPTION_CHARS = 600  # ~100 words of description
+ASSUMED_IMAGE_PX = (500, 750)    # a poster-sized image: 2 tiles at high detail, 425 prompt tokens
+DATA_REPORT = Path("metrics/data.json")  # written with data/filtered by the filter stage
+
+
+@dataclass
+class ItemSource:
+    """The items a dry run estimates: the filtered items of the selected dataset, or (before its
+    download) one stand-in item weighted by the dataset's known item count."""
+    dataset: str
+    count: int
+    items: list
+    weight: int      # how many items each per-item request stands for
+    estimated: bool
+    note: str
+
+
+def dataset_items(params: Mapping[str, Any], scratch: Path) -> ItemSource:
+    from xreflect.config import ParamsError, dataset_entry
+    from xreflect.data.contract import ITEMS_FILE, Item, read_items
+    from xreflect.io import read_json
+    from xreflect.pipeline import FILTERED_DIR
+
+    name, entry = dataset_entry(dict(params))
+    filtered = FILTERED_DIR / ITEMS_FILE
+    built_for = read_json(DATA_REPORT).get("dataset") if DATA_REPORT.exists() else None
+    if filtered.exists() and built_for == name:
+        items = read_items(filtered)
+        return ItemSource(name, len(items), items, 1, False, f"the filtered items in {filtered}")
+    known = (entry.get("paper_table1") or {}).get("items") or (entry.get("generator") or {}).get("n_items")
+    why = f"{filtered} holds dataset {built_for!r}" if filtered.exists() and built_for else f"no {filtered} yet"
+    if not known:
+        raise ParamsError(f"dataset {name!r} is not filtered yet ({why}) and params.yaml gives no item count "
+                          f"(datasets.{name}.paper_table1.items); run `dvc repro filter` first")
+    from PIL import Image
+
+    (scratch / "images").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", ASSUMED_IMAGE_PX, (128, 128, 128)).save(scratch / "images/stand-in.png")
+    words = ("lorem ipsum dolor sit amet " * (ASSUMED_DESCRIPTION_CHARS // 27 + 1))[:ASSUMED_DESCRIPTION_CHARS]
+    stand_in = Item("stand-in", "An Example Title (1999)", words, "images/stand-in.png")
+    source = "paper_table1.items, before the 5-core" if (entry.get("paper_table1") or {}).get("items") \
+        else "generator.n_items"
+    return ItemSource(name, int(known), [stand_in], int(known), True,
+                      f"ESTIMATE: not downloaded and filtered yet, {why}; the count is datasets.{name}.{source}; "
+                      f"each item assumed to have a ~{ASSUMED_DESCRIPTION_CHARS}-character description and a "
+                      f"{ASSUMED_IMAGE_PX[0]}x{ASSUMED_IMAGE_PX[1]} image")
+
+
+def estimate(params: Mapping[str, Any], prompt_ids: list[str], cache, expected_output_tokens: int,
+             source: ItemSource, dataset_dir: Path) -> list[dict]:
     """Per prompt: requests, cached, calls to make, estimated tokens, expected and worst-case cost.
 
     A chained prompt whose parents are not generated yet is estimated with a stand-in parent of
@@ -239,22 +290,22 @@ def estimate(params: Mapping[str, Any], prompt_ids: list[str], cache, expected_o
     from xreflect.backends import create_backend
     from xreflect.cache import request_key
     from xreflect.config import registry_entry
-    from xreflect.data.contract import ITEMS_FILE, read_items
     from xreflect.generate import prompt_requests
-    from xreflect.pipeline import DATASET_DIR, FILTERED_DIR
+    from xreflect.prompts import PROMPTS
 
     name, backbone = registry_entry(dict(params), "backbone", "backbones")
     backend = create_backend(name, params.get("backbones") or {})  # loads no model, opens no connection
     prices = Prices.from_config(backbone)
-    items = read_items(FILTERED_DIR / ITEMS_FILE)
     placeholder = "word " * expected_output_tokens
     rows = []
     for prompt_id in prompt_ids:
-        requests = prompt_requests(prompt_id, params, items, DATASET_DIR, placeholder=placeholder)
+        requests = prompt_requests(prompt_id, params, source.items, dataset_dir, placeholder=placeholder,
+                                   fresh=source.estimated)
+        weight = source.weight if PROMPTS[prompt_id].per_item else 1
         identities = [backend.identity(request) for request in requests]
         keys = [request_key(request, identity) for request, identity in zip(requests, identities)]
-        cached = cache.get_many(keys)
-        row = {"prompt": prompt_id, "requests": len(requests), "cached": len(cached), "calls": 0,
+        cached = {} if source.estimated else cache.get_many(keys)
+        row = {"prompt": prompt_id, "requests": len(requests) * weight, "cached": len(cached), "calls": 0,
                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "worst_case_usd": 0.0}
         for request, identity, key in zip(requests, identities, keys):
             if key in cached:
@@ -262,12 +313,13 @@ def estimate(params: Mapping[str, Any], prompt_ids: list[str], cache, expected_o
             prompt_tokens = estimate_prompt_tokens(request, identity.get("image_detail") or "auto")
             completion = min(expected_output_tokens, identity.get("max_tokens") or identity.get("max_new_tokens")
                              or expected_output_tokens)
-            row["calls"] += 1
-            row["prompt_tokens"] += prompt_tokens
-            row["completion_tokens"] += completion
-            row["cost_usd"] += prices.cost(identity.get("model"), prompt_tokens, completion)
-            row["worst_case_usd"] += worst_case_cost(request, identity, prices)
+            row["calls"] += weight
+            row["prompt_tokens"] += prompt_tokens * weight
+            row["completion_tokens"] += completion * weight
+            row["cost_usd"] += prices.cost(identity.get("model"), prompt_tokens, completion) * weight
+            row["worst_case_usd"] += worst_case_cost(request, identity, prices) * weight
         row["models"] = sorted({identity.get("model") for identity in identities})
+        row["unpriced"] = [m for m in row["models"] if m not in prices.by_model]
         rows.append(row)
     backend.close()
     return rows
@@ -277,49 +329,88 @@ def main(argv: list[str] | None = None) -> None:
     """Dry run: `python -m xreflect.cost [--prompt P ...]` prints what generation would cost now."""
     import argparse
     import json
+    import tempfile
 
     from xreflect.cache import ResponseCache
-    from xreflect.config import registry_entry, load_params
+    from xreflect.config import load_params, registry_entry
+    from xreflect.pipeline import DATASET_DIR
 
     parser = argparse.ArgumentParser(description="Estimate calls, tokens and cost of generation "
                                      "for the current params.yaml; sends nothing.")
     parser.add_argument("--prompt", action="append", help="only these prompts (default: all in use)")
     parser.add_argument("--expected-output-tokens", type=int, default=None,
                         help="typical answer length (default: generate.expected_output_tokens or 300)")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--backbone", help="estimate for this backbone instead of params' `backbone`")
+    parser.add_argument("--dataset", help="estimate for this dataset instead of params' `dataset`")
     args = parser.parse_args(argv)
     params = load_params()
     params["backbone"] = args.backbone or params.get("backbone")
+    params["dataset"] = args.dataset or params.get("dataset")
     settings = params.get("generate") or {}
     expected = args.expected_output_tokens or int(settings.get("expected_output_tokens", 300))
     cache = ResponseCache()
     try:
-        rows = estimate(params, args.prompt or prompts_in_use(params), cache, expected)
+        with tempfile.TemporaryDirectory() as scratch:
+            source = dataset_items(params, Path(scratch))
+            rows = estimate(params, args.prompt or prompts_in_use(params), cache, expected, source,
+                            Path(scratch) if source.estimated else DATASET_DIR)
+        spent = cache.spent_usd(ledger_scope(params))
     finally:
         cache.close()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
     name, backbone = registry_entry(params, "backbone", "backbones")
-    budget = settings.get("budget_usd_per_prompt")
+    per_stage, total = settings.get("budget_usd_per_prompt"), settings.get("budget_usd_total")
+    if args.json:
+        print(json.dumps({"dataset": source.dataset, "items": source.count, "estimate": source.estimated,
+                          "backbone": name, "rows": rows, "budget_usd_per_prompt": per_stage,
+                          "budget_usd_total": total, "spent_usd": spent}, indent=2))
+        return
+    for line in report_lines(source, name, backbone, rows, expected, per_stage, total, spent,
+                             ledger_scope(params)):
+        print(line)
+
+
+def report_lines(source: ItemSource, backbone_name: str, backbone: Mapping[str, Any], rows: list[dict],
+                 expected: int, per_stage: float | None, total: float | None, spent: float,
+                 scope: str) -> list[str]:
+    """The dry run's table: the dataset and its item count first, both budgets last."""
     discount = float(backbone.get("batch_discount", 1.0))
-    print(f"backbone {name}; answers assumed ~{expected} tokens; costs in USD")
-    print(f"{'prompt':22} {'requests':>8} {'cached':>7} {'calls':>6} {'in tok':>9} {'out tok':>9} "
-          f"{'expected':>9} {'worst':>9}")
+    lines = [f"dataset {source.dataset}: {source.count:,} items ({source.note})",
+             f"backbone {backbone_name}; answers assumed ~{expected} tokens; costs in USD",
+             f"{'prompt':22} {'requests':>8} {'cached':>7} {'calls':>6} {'in tok':>10} {'out tok':>10} "
+             f"{'expected':>9} {'worst':>9}"]
     for row in rows:
-        flag = "  > budget" if budget is not None and row["worst_case_usd"] > float(budget) else ""
-        print(f"{row['prompt']:22} {row['requests']:8d} {row['cached']:7d} {row['calls']:6d} "
-              f"{row['prompt_tokens']:9d} {row['completion_tokens']:9d} {row['cost_usd']:9.4f} "
-              f"{row['worst_case_usd']:9.4f}{flag}")
-    total, worst = sum(r["cost_usd"] for r in rows), sum(r["worst_case_usd"] for r in rows)
-    print(f"{'total':22} {sum(r['requests'] for r in rows):8d} {sum(r['cached'] for r in rows):7d} "
-          f"{sum(r['calls'] for r in rows):6d} {sum(r['prompt_tokens'] for r in rows):9d} "
-          f"{sum(r['completion_tokens'] for r in rows):9d} {total:9.4f} {worst:9.4f}")
+        flag = "  > per-stage budget" if per_stage is not None and row["worst_case_usd"] > float(per_stage) else ""
+        flag += f"  no price: {row['unpriced']}" if row["unpriced"] and backbone.get("provider") == "openai" else ""
+        lines.append(f"{row['prompt']:22} {row['requests']:8d} {row['cached']:7d} {row['calls']:6d} "
+                     f"{row['prompt_tokens']:10d} {row['completion_tokens']:10d} {row['cost_usd']:9.4f} "
+                     f"{row['worst_case_usd']:9.4f}{flag}")
+    expected_usd, worst = sum(r["cost_usd"] for r in rows), sum(r["worst_case_usd"] for r in rows)
+    lines.append(f"{'total':22} {sum(r['requests'] for r in rows):8d} {sum(r['cached'] for r in rows):7d} "
+                 f"{sum(r['calls'] for r in rows):6d} {sum(r['prompt_tokens'] for r in rows):10d} "
+                 f"{sum(r['completion_tokens'] for r in rows):10d} {expected_usd:9.4f} {worst:9.4f}")
     if discount != 1.0:
-        print(f"with the Batch API (x{discount}): expected {total * discount:.4f}, worst {worst * discount:.4f}")
-    print(f"budget per prompt stage (generate.budget_usd_per_prompt): {budget}")
+        lines.append(f"with the Batch API (x{discount}): expected {expected_usd * discount:.4f}, "
+                     f"worst {worst * discount:.4f}")
+    unpriced = sorted({m for r in rows for m in r["unpriced"]})
+    if unpriced and backbone.get("provider") == "openai":
+        lines.append(f"no price for {unpriced} under backbones.{backbone_name}.prices: counted as $0 above; "
+                     "a budgeted run on a paid server refuses to start until a price is added")
+    over = [r["prompt"] for r in rows if per_stage is not None and r["worst_case_usd"] > float(per_stage)]
+    lines.append(f"budget per prompt stage (generate.budget_usd_per_prompt): "
+                 + ("none" if per_stage is None else f"${float(per_stage):.2f}")
+                 + (f"; at worst these stop before finishing: {over}" if over else ""))
+    if total is None:
+        lines.append(f"budget for the whole run (generate.budget_usd_total, {scope}): none; spent so far ${spent:.4f}")
+    else:
+        fits = spent + worst <= float(total)
+        lines.append(f"budget for the whole run (generate.budget_usd_total, {scope}): ${float(total):.2f}; spent "
+                     f"so far ${spent:.4f}; worst case of the rest ${worst:.4f}: "
+                     + ("fits" if fits else f"does NOT fit, raise it to at least ${spent + worst:.2f}"))
+    return lines
 
 
 if __name__ == "__main__":
-    main()
+    from xreflect.cli import run_stage
+
+    run_stage(main, "cost")

@@ -71,28 +71,29 @@ def parent_texts(path: Path) -> dict[str, ParentText]:
     return {r["item_id"]: ParentText(r["text"], r["key"]) for r in read_jsonl(path)}
 
 
-def _parent_file(source: str, placeholder: str | None) -> dict[str, ParentText] | None:
+def _parent_file(source: str, placeholder: str | None, fresh: bool = False) -> dict[str, ParentText] | None:
     """A parent prompt's responses by item, or None (dry run) when they are not generated yet."""
     path = response_path(source)
-    if placeholder is not None and not path.exists():
+    if placeholder is not None and (fresh or not path.exists()):
         return None
     return parent_texts(path)
 
 
 def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
-              placeholder: str | None = None) -> tuple[dict, dict]:
+              placeholder: str | None = None, fresh: bool = False) -> tuple[dict, dict]:
     """Dataset-level fields and per-item parent responses that `prompt_id` is built from.
 
     `placeholder` is for estimates made before the parents exist (xreflect.cost): it stands in for
     each missing parent response, so the prompt's length can be estimated; no request built from
-    it is ever sent (its parent key `placeholder:<field>` never matches a cache entry)."""
+    it is ever sent (its parent key `placeholder:<field>` never matches a cache entry). `fresh`
+    stands it in for every parent (an estimate for a dataset not generated yet)."""
     _, dataset = dataset_entry(dict(params))
     shared = {"item_kind": ParentText(str(dataset.get("item_kind", "an item")))}
     parents: dict[str, dict[str, ParentText]] = {}
     stand_in = lambda field: ParentText(placeholder or "", f"placeholder:{field}")  # noqa: E731
     if prompt_id == "kar":
         path = response_path("kar_factors")
-        if placeholder is not None and not path.exists():
+        if placeholder is not None and (fresh or not path.exists()):
             shared["factors"] = stand_in("factors")
         else:
             (factors,) = read_jsonl(path)
@@ -104,7 +105,7 @@ def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
             if source == "description" and name == "r_text":
                 parents[name] = {item.item_id: ParentText(item.description) for item in items}
             elif source in PROMPTS and PROMPTS[source].per_item:
-                found = _parent_file(source, placeholder)
+                found = _parent_file(source, placeholder, fresh)
                 parents[name] = found if found is not None else {i.item_id: stand_in(name) for i in items}
             else:
                 raise ParamsError(f"params.yaml: generate.separate_inputs.{name}={source!r}; allowed "
@@ -116,10 +117,10 @@ def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
 
 
 def prompt_requests(prompt_id: str, params: Mapping, items: list[Item], dataset_dir: Path,
-                    placeholder: str | None = None) -> list[Request]:
+                    placeholder: str | None = None, fresh: bool = False) -> list[Request]:
     """Every request of one prompt: one per item, or a single one for a dataset-level prompt."""
     spec = PROMPTS[prompt_id]
-    shared, parents = inputs_of(prompt_id, params, items, placeholder)
+    shared, parents = inputs_of(prompt_id, params, items, placeholder, fresh)
     if spec.per_item:
         return build_requests(spec, items, dataset_dir, shared, parents)
     fields = {name: shared[name].text for name in spec.fields}
