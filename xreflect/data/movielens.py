@@ -47,7 +47,10 @@ def _member_lines(archive: zipfile.ZipFile, name: str, where: Path) -> tuple[Ite
     members = [m for m in archive.namelist() if m == name or m.endswith("/" + name)]
     if not members:
         raise DataError(f"{where} has no {name}; is it the MovieLens-1M archive (ml-1m.zip)?")
-    text = archive.read(members[0]).decode("latin-1")  # the archive's documented encoding
+    try:
+        text = archive.read(members[0]).decode("latin-1")  # the archive's documented encoding
+    except DAMAGED as error:
+        raise damaged_archive(where, error, members[0]) from error
     return iter(text.splitlines()), f"{where}:{members[0]}"
 
 
