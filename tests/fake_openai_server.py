@@ -219,7 +219,9 @@ def _error(code: str, message: str) -> dict:
     return {"error": {"message": message, "type": "error", "param": None, "code": code}}
 
 
-if __name__ == "__main__":  # a manual server: `python tests/fake_openai_server.py` then point OPENAI_BASE_URL at it
-    with FakeOpenAI() as server:
+if __name__ == "__main__":  # a manual server: `python tests/fake_openai_server.py [fault]` then point OPENAI_BASE_URL at it
+    import sys
+
+    with FakeOpenAI(always=sys.argv[1] if len(sys.argv) > 1 else None) as server:
         print(server.base_url, flush=True)
         threading.Event().wait()

@@ -148,8 +148,9 @@ def _generate_into_cache(indices: list[int], requests: list[Request], keys: list
         index = indices[local_index]
         if isinstance(outcome, GenerationError):
             errors[index] = str(outcome)
-            if not isinstance(outcome, NotSent):  # never sent: nothing failed, nothing to record
-                cache.record_failure(keys[index], requests[index], str(outcome))
+            if isinstance(outcome, NotSent):  # never sent: nothing failed, nothing to record or count
+                continue
+            cache.record_failure(keys[index], requests[index], str(outcome))
         else:
             cache.put(keys[index], requests[index], outcome)
             report.generated += 1

@@ -280,7 +280,8 @@ class OpenAIBackend(Backend):
                    f"or lower backbones.{self.name}.concurrency (now {self.concurrency})")
         else:
             variable = self.config.get("base_url_env", "OPENAI_BASE_URL")
-            why = (f"{health.in_a_row} connection attempts in a row failed ({decision.reason}). Check that "
+            cause = decision.reason.removeprefix("connection failed (").removesuffix(")")
+            why = (f"{health.in_a_row} connection attempts in a row failed ({cause}). Check that "
                    f"the server is running and reachable at that address and that ${variable} is right")
         if left:
             print(f"[{self.name}] server {url} taken out of this run: {why}; continuing on {', '.join(left)}",
