@@ -12,11 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from xreflect.config import ParamsError, choose, dataset_entry, strategy_sources, train_section
+from xreflect.config import ParamsError, dataset_entry, registry_entry, strategy_sources
 from xreflect.prompts import PROMPTS
 
-TRAIN_INTEGERS = ("dim", "batch_size", "negatives_per_positive", "max_epochs", "eval_every", "patience")
-METRICS = ("precision", "recall", "ndcg")
 
 
 def _number(value: Any) -> bool:
@@ -35,7 +33,7 @@ def validate_params(params: Mapping[str, Any]) -> None:
     """Raise ParamsError naming the first bad value; return None when every checked value is usable."""
     params = dict(params)
     dataset_entry(params)  # dataset is a key of `datasets`, with a valid split_ratio
-    choose(params, "backbone", "backbones")
+    registry_entry(params, "backbone", "backbones")
     _check_backbone(params)
     strategies = params.get("strategies") or {}
     if not strategies:
@@ -71,34 +69,16 @@ def _check_backbone(params: dict) -> None:
                         "give USD per million tokens as {input: <number >= 0>, output: <number >= 0>}")
 
 
-def _grid(key: str, value: Any, what: str, example: str, valid) -> None:
-    values = value if isinstance(value, list) else [value]
-    if value is None or values == []:
-        raise _fail(key, value, f"the grid is empty: give at least one {what}, e.g. -S '{key}={example}'")
-    for v in values:
-        if not _number(v) or not valid(v):
-            raise ParamsError(f"params.yaml: {key} holds {v!r}, which is not a valid {what}; "
-                              f"give a list of numbers, e.g. -S '{key}={example}'")
-
-
 def _check_train(params: dict) -> None:
-    section, _ = train_section(params)  # also checks train.dataset_overrides.<dataset>
-    _grid("train.lr", section.get("lr", [0.001]), "learning rate (a number > 0)", "[0.001]", lambda x: x > 0)
-    _grid("train.dropout", section.get("dropout", [0.1]), "dropout rate (0 <= dropout < 1)", "[0.1]",
-          lambda x: 0 <= x < 1)
-    for key in TRAIN_INTEGERS:
-        if key in section and (not _integer(section[key]) or section[key] < 1):
-            raise _fail(f"train.{key}", section[key], "give a positive integer")
-    decay = section.get("weight_decay", 0.0)
-    if not _number(decay) or decay < 0:
-        raise _fail("train.weight_decay", decay, "give a number >= 0, e.g. 0.0005")
-    hidden = section.get("item_hidden", [])
-    if not isinstance(hidden, list) or not all(_integer(v) and v > 0 for v in hidden):
-        raise _fail("train.item_hidden", hidden, "give a list of positive layer sizes, e.g. [512, 256], or []")
-    metric = str(section.get("select_metric", "recall@10"))
-    name, _, k = metric.partition("@")
-    if name not in METRICS or not k.isdigit() or int(k) < 1:
-        raise _fail("train.select_metric", metric, f"use <metric>@<k> with metric one of {list(METRICS)}, e.g. recall@10")
+    """The trainer's own checks (xreflect.training.config), on the section the chosen dataset gets."""
+    from xreflect.training.config import train_config
+
+    try:
+        train_config(params)
+    except ParamsError:
+        raise
+    except ValueError as error:  # TrainConfig names the key, the value and the fix
+        raise ParamsError(str(error)) from error
 
 
 def _check_generate(section: Mapping[str, Any]) -> None:
