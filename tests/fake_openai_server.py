@@ -187,8 +187,18 @@ class FakeOpenAI:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 
+            def _refused(self) -> bool:
+                """With `api_key` set, every endpoint refuses another key (chat requests are logged)."""
+                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if fake.api_key is None or key == fake.api_key or self.path == "/v1/chat/completions":
+                    return False
+                self._send(401, _error("invalid_api_key", "Incorrect API key provided"))
+                return True
+
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self._refused():
+                    return
                 if self.path == "/v1/chat/completions":
                     key = self.headers.get("Authorization", "").removeprefix("Bearer ")
                     status, headers, payload = fake.chat(json.loads(raw), key)
@@ -201,6 +211,8 @@ class FakeOpenAI:
                     self._send(404, _error("not_found", self.path))
 
             def do_GET(self) -> None:
+                if self._refused():
+                    return
                 if self.path.split("?")[0] == "/v1/batches":
                     listed = sorted(fake.batches.values(), key=lambda b: b["id"], reverse=True)
                     self._send(200, {"object": "list", "data": listed, "has_more": False,

@@ -393,3 +393,26 @@ def test_undecodable_poster_names_item_url_and_fix(tmp_path):
             prepare(tmp_path / "dataset", "movielens-1m", config, {})
     # the four good posters stay downloaded for the next run
     assert len([p for p in (tmp_path / "raw/movielens-1m/posters").iterdir() if "." not in p.name]) == 4
+
+
+def test_batch_command_with_a_refused_key_one_message_exit_code(tmp_path):
+    with FakeOpenAI(api_key="sk-right") as server:
+        env = {**stage_project(tmp_path, server.base_url, 2, concurrency=1), "OPENAI_API_KEY": "sk-wrong"}
+        run = subprocess.run([sys.executable, "-m", "xreflect.batch", "submit", "--prompt", "cot"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == EXIT_AUTH
+    assert f"from POST {server.base_url}/files: authentication failed (HTTP 401" in one_message(run.stderr)
+    assert server.batches == {}
+
+
+def test_truncated_gzip_is_moved_aside_and_named(tmp_path):
+    from tests.fixtures.datasets import amazon_reviews, json_lines_gz
+    from xreflect.data.amazon import read_reviews
+
+    data = json_lines_gz(amazon_reviews())
+    path = tmp_path / "Software.json.gz"
+    path.write_bytes(data[: len(data) - 20])
+    with pytest.raises(DataError, match=r"Software.json.gz: the archive is truncated or corrupt \(EOFError: .*moved "
+                                        r"aside to .*Software.json.gz.corrupt"):
+        read_reviews(path)
+    assert (tmp_path / "Software.json.gz.corrupt").exists()

@@ -18,9 +18,15 @@ import sys
 from typing import Callable
 
 from xreflect.config import ParamsError
-from xreflect.errors import EXIT_INTERRUPTED, EXIT_PARAMS, StopRun
+from xreflect.errors import EXIT_INTERRUPTED, EXIT_PARAMS, EXIT_SERVER, EXIT_UNREACHABLE, StopRun
 
 DEBUG_ENV = "XREFLECT_DEBUG"
+
+
+def _api_error(error: BaseException):
+    """An OpenAI SDK error raised outside the provider's own handling (the Batch API calls)."""
+    openai = sys.modules.get("openai")
+    return error if openai is not None and isinstance(error, openai.APIError) else None
 
 
 def exit_code_of(error: BaseException) -> int | None:
@@ -31,6 +37,11 @@ def exit_code_of(error: BaseException) -> int | None:
         return error.exit_code
     if isinstance(error, ParamsError):
         return EXIT_PARAMS
+    if _api_error(error) is not None:
+        from xreflect.backends.retry import classify
+
+        decision = classify(error)
+        return decision.stop.exit_code if decision.fatal else EXIT_UNREACHABLE if decision.unreachable else EXIT_SERVER
     return None
 
 
@@ -38,6 +49,13 @@ def message_of(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return ("interrupted (Ctrl-C): nothing more is sent or computed; what was finished is kept "
                 "(answers in the response cache, finished files); rerun to continue where it stopped")
+    if _api_error(error) is not None:
+        from xreflect.backends.retry import classify
+
+        request = getattr(error, "request", None)
+        where = f" from {request.method} {request.url}" if request is not None else ""
+        return (f"the server answered{where}: {classify(error).reason}. Check the base URL "
+                "($OPENAI_BASE_URL), the key ($OPENAI_API_KEY) and the account, then rerun.")
     return str(error)
 
 
