@@ -298,6 +298,15 @@ def test_batch_submit_twice_resumes_the_first(batch_project, tmp_path):
     assert len(server.batches) == 1
 
 
+def test_batch_force_resubmits_the_same_requests_keeping_the_first_id(batch_project, tmp_path):
+    server, _ = batch_project
+    batch.main(["submit", "--prompt", "cot"])
+    first = next(iter(server.batches))
+    batch.main(["submit", "--prompt", "cot", "--force"])
+    state = json.loads((tmp_path / ".cache/batches/cot.state.json").read_text())
+    assert len(server.batches) == 2 and state["abandoned"] == [first] and state["batch_id"] != first
+
+
 def test_batch_for_other_requests_is_refused_while_one_is_pending_unless_forced(batch_project, tmp_path):
     server, _ = batch_project
     batch.main(["submit", "--prompt", "cot"])

@@ -256,12 +256,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {path}: {len(state['requests'])} requests not in the cache", file=sys.stderr)
             if args.action == "prepare" or not state["requests"]:
                 return
-            found = None if args.force else (state if state["batch_id"] else find_submitted(_client(backend), state))
-            if found is not None:
-                batch_id, status = (found["batch_id"], found["status"]) if found is state else (found.id, found.status)
-                state.update(batch_id=batch_id, status=status)
-                print(f"batch {batch_id} for these {len(state['requests'])} requests is already {status}: "
-                      "resuming it, not submitting again (--force submits a new one)", file=sys.stderr)
+            if args.force and state["batch_id"]:  # a deliberate resubmit: keep the earlier id on record
+                state.update(abandoned=state.get("abandoned", []) + [state["batch_id"]], batch_id=None)
+            elif not state["batch_id"]:
+                found = find_submitted(_client(backend), state)
+                if found is not None:
+                    state.update(batch_id=found.id, status=found.status)
+            if state["batch_id"]:
+                print(f"batch {state['batch_id']} for these {len(state['requests'])} requests is already "
+                      f"{state['status']}: resuming it, not submitting again (--force submits a new one)",
+                      file=sys.stderr)
             else:
                 _check_budget(state, requests, backend, params, cache)
                 state.update(batch_id=submit(_client(backend), state), status="submitted")

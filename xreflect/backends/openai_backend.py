@@ -230,7 +230,8 @@ class OpenAIBackend(Backend):
                     stop = self._alien_answer(server, raw)
                     decision = Decision(retry=False, reason=f"not an OpenAI answer: {body_excerpt(raw.content)}")
                 else:
-                    self._health[server].answered()
+                    with self._lock:
+                        self._health[server].answered()
                     return response_from_body(payload, time.monotonic() - started)
             except GenerationError as error:
                 return error
