@@ -180,8 +180,9 @@ def require_prices(backbone_name: str, backbone: Mapping[str, Any], models: Mapp
             f"params.yaml: backbones.{backbone_name}.prices has no price for model {model!r} (used by "
             f"{', '.join(prompts)}), so the budget ({', '.join(f'generate.{k}={v}' for k, v in budgets.items())}) "
             f"cannot hold for it. Add its price, in USD per million tokens, from the provider's pricing "
-            f"page under backbones.{backbone_name}.prices: `{model}: {{input: <USD>, output: <USD>}}`; or set "
-            "the budgets to null to run without a cap." + (f" Also without a price: {list(missing)[1:]}." if len(missing) > 1 else ""))
+            f"page under backbones.{backbone_name}.prices: `{model}: {{input: <USD>, output: <USD>}}` "
+            "({input: 0, output: 0} for a server that charges nothing); or set the budgets to null to run "
+            "without a cap." + (f" Also without a price: {list(missing)[1:]}." if len(missing) > 1 else ""))
 
 
 def ledger_scope(params: Mapping[str, Any]) -> str:
