@@ -5,7 +5,8 @@ message naming the key (as `-S` would spell it), the value found, and what to pu
 It covers what a `dvc exp run -S ...` typo produces: an unknown dataset, backbone, strategy or
 prompt id, a negative learning rate, a dropout rate >= 1, an empty grid, a failure fraction or
 budget out of range. The stages themselves stay the authority on their own sections; this
-check runs first so that a bad value never costs a download, a paid call or a training run.
+check is meant to run before any stage works, so a bad value never costs a download, a paid call
+or a training run.
 """
 from __future__ import annotations
 
