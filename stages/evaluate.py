@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from xreflect.cli import run_stage
 from xreflect.config import ParamsError, dataset_entry, load_params, run_strategies
 from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
@@ -68,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

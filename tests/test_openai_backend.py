@@ -193,7 +193,7 @@ def stage_project(tmp_path: Path, base_url: str, n_items: int, concurrency: int)
                                       "concurrency": concurrency, "timeout_s": 5,
                                       "prices": {"vision-1": {"input": 2.5, "output": 10.0}}}},
               "generate": {"max_failures": 0.0, "budget_usd_per_prompt": 1.0},
-              "strategies": {"cot": ["description", "cot"]}}
+              "strategies": {"cot": ["description", "cot"]}, "run": ["cot"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return {**os.environ, "OPENAI_BASE_URL": base_url, "XREFLECT_CACHE_DIR": str(tmp_path / ".cache"),
             "PYTHONPATH": str(REPO)}
