@@ -1,6 +1,7 @@
 """DVC stage `evaluate`: test metrics of every strategy on every split, mean ± std over splits.
 
-Reads data/splits/, models/<strategy>/split_<k>.npz and params strategies, split, evaluate.
+Reads data/splits/, models/<strategy>/split_<k>.npz for each strategy in `run`, and params run,
+strategies, split, evaluate.
 Writes metrics/summary.json (mean per strategy x metric: what `dvc metrics diff` compares),
 metrics/detail.json (mean, std, per split, and the grid points chosen) and metrics/report.md
 (tables shaped like the paper's Tables 2 and 3, relative gains against evaluate.baseline).
@@ -8,12 +9,13 @@ metrics/detail.json (mean, std, per split, and the grid points chosen) and metri
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
 import numpy as np
 
-from xreflect.config import ParamsError, dataset_entry, load_params, strategy_sources
+from xreflect.cli import run_stage
+from xreflect.config import ParamsError, dataset_entry, load_params, run_strategies
+from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
 from xreflect.io import read_json, write_json, write_text
 from xreflect.pipeline import MODELS_DIR, split_paths
@@ -27,12 +29,15 @@ def main() -> None:
     config = params.get("evaluate") or {}
     ks = [int(k) for k in config.get("ks", [1, 10])]
     baseline = config.get("baseline")
-    strategies = list(params.get("strategies") or {})
+    strategies = run_strategies(params)
     for strategy in strategies:
         strategy_sources(params, strategy)
-    if baseline is not None and baseline not in strategies:
+    if baseline is not None and baseline not in (params.get("strategies") or {}):
         raise ParamsError(f"params.yaml: evaluate.baseline={baseline!r} is not a strategy; allowed "
-                          f"values are {strategies}")
+                          f"values are {sorted(params.get('strategies') or {})}")
+    not_run = [s for s in params.get("strategies") or {} if s not in strategies]
+    if not_run:
+        print(f"evaluate: reporting the strategies in `run`; defined but not run: {not_run}", file=sys.stderr)
     splits = [Split.load(path) for path in split_paths(int(params["split"]["n_splits"]))]
     results, selections = {}, {}
     for strategy in strategies:
@@ -56,11 +61,12 @@ def main() -> None:
               "Item Popularity (sampled candidates) is scored like every other row: held-out positives "
               "plus the stored negatives. Item Popularity (global top-K) ranks the whole catalog once "
               "for everyone, seen items included; the paper's Item Popularity figures match this one.\n"]
+    gains = f"relative gains against `{baseline}`" if baseline in strategies else f"`{baseline}` not in `run`: no gains"
     for k in sorted(ks, reverse=True):
-        report += [f"\n## Top-{k} (relative gains against `{baseline}`)\n\n", markdown_table(results, at(k), baseline)]
+        report += [f"\n## Top-{k} ({gains})\n\n", markdown_table(results, at(k), baseline)]
     write_text("metrics/report.md", "".join(report))
     print(markdown_table(results, at(max(ks)), baseline), file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

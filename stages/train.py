@@ -22,7 +22,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from xreflect.config import load_params, strategy_sources
+from xreflect.cli import run_stage
+from xreflect.config import load_params
+from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
 from xreflect.io import log_stderr, write_json, write_npz
 from xreflect.pipeline import MODELS_DIR, embedding_path, split_paths
@@ -68,4 +70,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -20,12 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from xreflect.backends.base import Request, Response
+from xreflect.pipeline import cache_dir
 
-CACHE_ENV = "XREFLECT_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, ".cache"))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -63,6 +58,8 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY, template_id TEXT, item_id TEXT, error TEXT, attempts INTEGER,
     updated_at REAL);
+CREATE TABLE IF NOT EXISTS spending (
+    scope TEXT, template_id TEXT, usd REAL, at REAL);
 """
 
 
@@ -107,6 +104,14 @@ class ResponseCache:
         rows = self._db.execute(query + (" WHERE template_id = ?" if template_id else ""),
                                 (template_id,) if template_id else ())
         return [dict(zip(("key", "template_id", "item_id", "error", "attempts"), row)) for row in rows]
+
+    # ---- what new answers cost, for the whole-run budget (xreflect.cost); one row per paid answer ----
+    def record_spend(self, scope: str, template_id: str, usd: float) -> None:
+        self._db.execute("INSERT INTO spending VALUES (?, ?, ?, ?)", (scope, template_id, usd, time.time()))
+
+    def spent_usd(self, scope: str) -> float:
+        return float(self._db.execute("SELECT COALESCE(SUM(usd), 0) FROM spending WHERE scope = ?",
+                                      (scope,)).fetchone()[0])
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

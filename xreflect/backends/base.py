@@ -45,6 +45,10 @@ class GenerationError(Exception):
     """A request that failed after the backend's own retries; recorded per item and retried next run."""
 
 
+class NotSent(GenerationError):
+    """A request the backend never sent because the run was stopping: not a failure of the item."""
+
+
 class Backend(ABC):
     """A backbone. Subclasses are constructed with their params.yaml entry (`backbones.<name>`)."""
 
