@@ -30,7 +30,8 @@ CONFIG = TrainConfig.from_params({**SMALL, "lr": [0.01, 0.003], "dropout": [0.1,
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=ray_jobs.runtime_env(), log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=ray_jobs.runtime_env(),
+             log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -1,7 +1,8 @@
 """`train.executor: ray`: a train stage's grid jobs on a Ray cluster.
 
-The cluster is the one RAY_ADDRESS names (e.g. `ray://head:10001`, or `auto` on a node of a
-running cluster), or else a local Ray started for the run and stopped after it. The job's code
+The cluster is the one RAY_ADDRESS names (e.g. `ray://head:10001`), else the one `ray start`
+started or joined on this machine, else a local Ray started for the run and stopped after it
+(Ray's own lookup order for ray.init()). The job's code
 travels with it (the xreflect package as a Ray py_module), so every worker runs the code the
 checkpoint store's key was computed from; the workers need only the project's requirements.
 
@@ -82,17 +83,17 @@ def runtime_env() -> dict:
 
 
 def connect(log: Callable[[str], None]) -> bool:
-    """Join RAY_ADDRESS's cluster or start a local one; True when this call started Ray."""
+    """Join the cluster (see the module docstring) or start a local Ray; True when this call
+    initialised Ray (and so shuts it down after the run)."""
     ray = ray_module()
     if ray.is_initialized():
         return False
-    address = os.environ.get("RAY_ADDRESS") or None
     start = time.perf_counter()
-    ray.init(address=address, include_dashboard=False if address is None else None,
-             runtime_env=runtime_env())
-    where = f"cluster at {address}" if address else "a local Ray started for this run"
-    log(f"train: executor ray, {where}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
-        f"{ray.cluster_resources().get('GPU', 0):.0f} GPUs (connected in {time.perf_counter() - start:.1f} s)")
+    context = ray.init(include_dashboard=False, runtime_env=runtime_env())
+    have = ray.cluster_resources()
+    address = (getattr(context, "address_info", None) or {}).get("address") or os.environ.get("RAY_ADDRESS")
+    log(f"train: executor ray, cluster at {address}: {have.get('CPU', 0):.0f} CPUs, "
+        f"{have.get('GPU', 0):.0f} GPUs (connected in {time.perf_counter() - start:.1f} s)")
     return True
 
 
@@ -116,8 +117,8 @@ def run_on_ray(jobs: list[GridJob], features: np.ndarray, log: Callable[[str], N
         cpus = max(1, int(env_number("XREFLECT_RAY_JOB_CPUS", 1)))
         gpus = env_number("XREFLECT_RAY_JOB_GPUS", 0, float)
         have = ray.cluster_resources()
-        if started and (cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0)):  # would wait forever
-            raise ValueError(f"XREFLECT_RAY_JOB_CPUS={cpus} / XREFLECT_RAY_JOB_GPUS={gpus:g}: the local Ray has only "
+        if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):  # no node could ever run a job
+            raise ValueError(f"XREFLECT_RAY_JOB_CPUS={cpus} / XREFLECT_RAY_JOB_GPUS={gpus:g}: the Ray cluster has "
                              f"{have.get('CPU', 0):.0f} CPUs and {have.get('GPU', 0):.0f} GPUs; ask for fewer per job")
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)(job_function)
         features_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))
