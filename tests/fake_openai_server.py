@@ -47,8 +47,10 @@ def answer_for(body: dict) -> dict:
 
 
 class FakeOpenAI:
-    def __init__(self, delay_s: float = 0.0, retry_after: str = "1", hang_s: float = 2.0):
+    def __init__(self, delay_s: float = 0.0, retry_after: str = "1", hang_s: float = 2.0,
+                 port: int = 0, models: list[str] | None = None):
         self.delay_s, self.retry_after, self.hang_s = delay_s, retry_after, hang_s
+        self.models = list(models or [])   # what GET /v1/models lists
         self.chat_requests: list[dict] = []   # every chat body received, faults included
         self.faults: list[str] = []
         self.in_flight = self.max_in_flight = 0
@@ -57,7 +59,7 @@ class FakeOpenAI:
         self.polls = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
@@ -179,7 +181,9 @@ class FakeOpenAI:
                     self._send(404, _error("not_found", self.path))
 
             def do_GET(self) -> None:
-                if self.path.startswith("/v1/batches/"):
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in fake.models]})
+                elif self.path.startswith("/v1/batches/"):
                     self._send(200, fake.poll_batch(self.path.rsplit("/", 1)[1]))
                 elif self.path.startswith("/v1/files/") and self.path.endswith("/content"):
                     self._send(200, fake.files[self.path.split("/")[3]])
