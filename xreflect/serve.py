@@ -51,7 +51,7 @@ def run(command: list[str]) -> int:
             if count:
                 print(f"[serve] backbone {directory.name}: {count} server start(s) during this run"
                       + (", stopped" if directory.name in stopped else ""), file=sys.stderr)
-    return code
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
 def status() -> int:
