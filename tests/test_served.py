@@ -27,6 +27,7 @@ from xreflect.backends.base import Request
 from xreflect.backends.served import ServedBackend, ServerDied, cached_commit
 from xreflect.backends.server_process import (ServeSpec, ServerError, ServerUnavailable, gpu_problem,
                                               group_members, preflight, serve_dir)
+from tests.fixtures.stage_items import write_image_items
 from xreflect.cache import ResponseCache
 from xreflect.generate import RunReport, run_requests
 from xreflect.throughput import Throughput
@@ -171,14 +172,7 @@ def test_server_exiting_during_start_up_reports_its_log(tmp_path):
 # ---- stages as DVC runs them: separate processes ----
 
 def stage_project(tmp_path: Path, config: dict, n_items: int) -> dict:
-    images = tmp_path / "data/dataset/images"
-    images.mkdir(parents=True)
-    items = []
-    for k in range(n_items):
-        (images / f"{k}.png").write_bytes(png(k))
-        items.append({"item_id": str(k), "title": f"T{k}", "description": f"item {k}", "image": f"images/{k}.png"})
-    (tmp_path / "data/filtered").mkdir(parents=True)
-    (tmp_path / "data/filtered/items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    write_image_items(tmp_path, [png(k) for k in range(n_items)])
     params = {"dataset": "demo", "backbone": "llava",
               "datasets": {"demo": {"item_kind": "a poster", "split_ratio": [8, 1, 1]}},
               "backbones": {"llava": config}, "generate": {"max_failures": 0.0}}
@@ -203,6 +197,23 @@ def test_ctrl_c_during_generation_stops_the_server(tmp_path):
     (start,) = starts_of()
     assert group_members(start["pgid"]) == []  # stopped before the stage exited
     assert 2 <= len(ResponseCache(cache_file)) < 20  # what was answered stays cached
+
+
+def test_ctrl_c_in_the_terminal_of_a_wrapped_run_stops_everything(tmp_path):
+    env = stage_project(tmp_path, backbone("--delay", "0.2"), n_items=20)
+    # Its own session, so that Ctrl-C (SIGINT to the terminal's foreground group) reaches the
+    # wrapper and the stage as a terminal would, and not pytest.
+    wrapper = subprocess.Popen([sys.executable, "-m", "xreflect.serve", "run", "--", *stage_command("cot")],
+                               cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cache_file = tmp_path / ".cache/responses.sqlite"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (cache_file.exists() and len(ResponseCache(cache_file)) >= 2):
+        time.sleep(0.05)
+    os.killpg(wrapper.pid, signal.SIGINT)
+    log = wrapper.communicate(timeout=60)[1]
+    assert wrapper.returncode != 0 and "1 server start(s) during this run" in log
+    (start,) = starts_of()
+    assert group_members(start["pgid"]) == [] and group_members(wrapper.pid) == []
 
 
 def test_stages_in_sequence_share_one_server_and_the_wrapper_stops_it(tmp_path):
