@@ -199,6 +199,20 @@ def test_ctrl_c_during_generation_stops_the_server(tmp_path):
     assert 2 <= len(ResponseCache(cache_file)) < 20  # what was answered stays cached
 
 
+def test_ctrl_c_while_the_server_loads_stops_it(tmp_path):
+    env = stage_project(tmp_path, backbone("--startup-delay", "60"), n_items=3)
+    stage = subprocess.Popen(stage_command("cot"), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    log = serve_dir("llava") / "server.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and "stand-in: pid" in log.read_text(errors="replace")):
+        time.sleep(0.05)  # until the server process is up and loading
+    stage.send_signal(signal.SIGINT)
+    stage.communicate(timeout=60)
+    (start,) = starts_of()
+    assert stage.returncode != 0 and group_members(start["pgid"]) == []
+    assert not (serve_dir("llava") / "state.json").exists()
+
+
 def test_ctrl_c_in_the_terminal_of_a_wrapped_run_stops_everything(tmp_path):
     env = stage_project(tmp_path, backbone("--delay", "0.2"), n_items=20)
     # Its own session, so that Ctrl-C (SIGINT to the terminal's foreground group) reaches the
