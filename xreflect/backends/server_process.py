@@ -352,11 +352,11 @@ def _launch_supervisor(directory: Path, argv: list[str], spec: ServeSpec) -> int
                                                "stop_grace_s": spec.stop_grace_s, "log": str(directory / "server.log")})
     # The launcher forks once more and exits, so the supervisor is nobody's child: it never lingers
     # as a zombie of a stage that has finished. start_new_session: pgid == the launcher's pid.
-    launcher = subprocess.Popen([sys.executable, "-m", "xreflect.serve", "supervise", str(directory)],
-                                start_new_session=True, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=open(directory / "server.log", "ab"),
-                                env={**os.environ, "PYTHONPATH": _pythonpath()})
-    launcher.wait()
+    with open(directory / "server.log", "ab") as log:
+        launcher = subprocess.Popen([sys.executable, "-m", "xreflect.serve", "supervise", str(directory)],
+                                    start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=log, env={**os.environ, "PYTHONPATH": _pythonpath()})
+        launcher.wait()
     return launcher.pid
 
 
