@@ -54,9 +54,11 @@ def answer_for(body: dict) -> dict:
 
 class FakeOpenAI:
     def __init__(self, delay_s: float = 0.0, retry_after: str = "1", hang_s: float = 2.0,
-                 api_key: str | None = None, always: str | None = None):
+                 api_key: str | None = None, always: str | None = None, port: int = 0,
+                 models: list[str] | None = None):
         self.delay_s, self.retry_after, self.hang_s = delay_s, retry_after, hang_s
         self.api_key, self.always = api_key, always
+        self.models = list(models or [])   # what GET /v1/models lists
         self._closing = threading.Event()
         self.chat_requests: list[dict] = []   # every chat body received, faults included
         self.faults: list[str] = []
@@ -66,7 +68,7 @@ class FakeOpenAI:
         self.polls = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
@@ -217,6 +219,9 @@ class FakeOpenAI:
                     listed = sorted(fake.batches.values(), key=lambda b: b["id"], reverse=True)
                     self._send(200, {"object": "list", "data": listed, "has_more": False,
                                      "first_id": None, "last_id": None})
+                    return
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in fake.models]})
                 elif self.path.startswith("/v1/batches/"):
                     self._send(200, fake.poll_batch(self.path.rsplit("/", 1)[1]))
                 elif self.path.startswith("/v1/files/") and self.path.endswith("/content"):

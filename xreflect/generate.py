@@ -25,6 +25,7 @@ from xreflect.image_guard import check_image_coverage
 from xreflect.io import read_jsonl
 from xreflect.pipeline import RESPONSES_DIR
 from xreflect.prompts import PROMPTS, PromptSpec
+from xreflect.throughput import Throughput
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,13 @@ class RunReport:
     new_cost_usd: float = 0.0   # actual cost of the answers received in this run
     wall_s: float = 0.0
     backend_stats: dict = field(default_factory=dict)
+    throughput: dict = field(default_factory=dict)  # requests/s and tokens/s of the answers received
 
 
 def _generate_into_cache(indices: list[int], requests: list[Request], keys: list[str],
                          backend: Backend, cache: ResponseCache, budget: Budget | None,
-                         report: RunReport, errors: dict[int, str], bar: tqdm) -> None:
+                         report: RunReport, errors: dict[int, str], bar: tqdm,
+                         meter: Throughput) -> None:
     """Send `requests[indices]` to the backend, storing each answer (or failure) as it arrives."""
     todo = [requests[i] for i in indices]
     for local_index, outcome in backend.generate(todo):
@@ -194,6 +197,8 @@ def _generate_into_cache(indices: list[int], requests: list[Request], keys: list
         else:
             cache.put(keys[index], requests[index], outcome)
             report.generated += 1
+            meter.add(outcome.usage, outcome.latency_s)
+            bar.set_postfix_str(meter.summary(), refresh=False)
             if budget is not None:
                 cost = budget.charge(backend.identity(requests[index]).get("model"), outcome.usage)
                 report.new_cost_usd += cost
@@ -225,6 +230,7 @@ def run_requests(requests: list[Request], backend: Backend, cache: ResponseCache
         worst = ([worst_case_cost(requests[i], backend.identity(requests[i]), budget.prices) for i in misses]
                  if budget is not None else [0.0] * len(misses))
         pending = list(range(len(misses)))
+        meter = Throughput()
         with tqdm(total=len(misses), desc=label or "generate", unit="item", file=sys.stderr) as bar:
             while pending:
                 count = budget.affordable(worst[p] for p in pending) if budget is not None else len(pending)
@@ -236,7 +242,8 @@ def run_requests(requests: list[Request], backend: Backend, cache: ResponseCache
                         "raise that budget in params.yaml and rerun.")
                 chunk, pending = pending[:count], pending[count:]
                 _generate_into_cache([misses[p] for p in chunk], requests, keys, backend, cache,
-                                     budget, report, errors, bar)
+                                     budget, report, errors, bar, meter)
+        report.throughput = meter.rates()
         cached.update(cache.get_many(keys[i] for i in misses if i not in errors))
     report.failed = len(errors)
     report.wall_s = round(time.monotonic() - started, 3)
@@ -267,10 +274,12 @@ def usage_metric(requests: list[Request], records: list[dict], backend: Backend,
     totals = summarize_usage((backend.identity(request).get("model") for request, _ in answered),
                              (hits[record["key"]].usage for _, record in answered), prices)
     stats = report.backend_stats
-    return {"backbone": backend.name, "responses": len(answered), "failed": report.failed, **totals,
+    return {"backbone": backend.name, **backend.metric_fields(), "responses": len(answered),
+            "failed": report.failed, **totals,
             "this_run": {"cached": report.cached, "generated": report.generated,
                          "cost_usd": round(report.new_cost_usd, 6), "wall_s": report.wall_s,
-                         "requests_sent": stats.get("requests_sent", 0), "retries": stats.get("retries", 0)}}
+                         "requests_sent": stats.get("requests_sent", 0), "retries": stats.get("retries", 0),
+                         **report.throughput}}
 
 
 def no_image_records(items: list[Item], item_ids: list[str]) -> list[dict]:

@@ -67,6 +67,10 @@ class Backend(ABC):
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Response | GenerationError]]:
         """Answer `requests`, yielding (index into requests, response or error) as each completes."""
 
+    def metric_fields(self) -> dict:
+        """Facts about the model actually used (e.g. a resolved revision) for the usage metric."""
+        return {}
+
     def close(self) -> None:
         """Release models, sessions or pools."""
 
@@ -76,6 +80,7 @@ PROVIDERS = {
     "offline": "xreflect.backends.offline:OfflineBackend",
     "openai": "xreflect.backends.openai_backend:OpenAIBackend",
     "hf": "xreflect.backends.hf:TransformersBackend",
+    "served": "xreflect.backends.served:ServedBackend",
 }
 
 

@@ -309,6 +309,10 @@ class OpenAIBackend(Backend):
         with self._lock:
             self.stats[name] += 1
 
+    def cancel(self) -> None:
+        """Send nothing more (from any thread): waiting requests end as GenerationError("cancelled")."""
+        self._stop.set()
+
     def close(self) -> None:
         self._stop.set()
         for client in self._clients or []:
