@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 from xreflect.config import ParamsError
-from xreflect.training.precision import PRECISIONS
 
 METRIC_NAMES = ("precision", "recall", "ndcg")
-EXECUTORS = ("local", "ray")
+PRECISIONS = ("auto", "fp32", "bf16")  # what each means: xreflect/training/precision.py
+EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
 
 
 @dataclass(frozen=True)

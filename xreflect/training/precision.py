@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from xreflect.training.config import PRECISIONS
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # /proc/cpuinfo flags of native bf16 matrix arithmetic (Intel Sapphire Rapids and later, AMD Zen 4+).
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
