@@ -6,6 +6,8 @@ order; an empty list is Item Popularity, which trains nothing). Writes models/<s
 (`test_scores` and `valid_scores` of the selected model, aligned with candidates(split, part)) and
 models/<strategy>/selection.json. Finished grid points are checkpointed outside the stage's outs,
 under ${XREFLECT_CACHE_DIR:-.cache}/train/, so an interrupted run resumes where it stopped.
+train.executor: local trains the splits here one after another; ray sends them to a Ray cluster
+as one grid job each (xreflect/training/ray_jobs.py). The outs are the same either way.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from xreflect.io import log_stderr, write_json, write_npz
 from xreflect.pipeline import MODELS_DIR, embedding_path, split_paths
 from xreflect.training.baselines import popularity
 from xreflect.training.config import train_config
+from xreflect.training.executor import GridJob, run_grid_jobs
 from xreflect.training.features import load_features
-from xreflect.training.grid import train_grid
 from xreflect.training.store import DirectoryStore, checkpoint_key, train_cache_root
 
 
@@ -50,20 +52,21 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = MODELS_DIR / strategy
     splits = split_paths(int(params["split"]["n_splits"]))
     selection, start = {}, time.perf_counter()
-    for k, split_path in enumerate(splits):
-        split = Split.load(split_path)
-        label = f"{strategy} split {k + 1}/{len(splits)}: "
-        if features is None:
-            result = popularity(split)
-        else:
-            store = DirectoryStore(train_cache_root() / strategy /
-                                   checkpoint_key(split_path, embedding_paths, config))
-            result = train_grid(split, features, config, store, label=label)
-        write_npz(out_dir / f"split_{k}.npz", test_scores=result.test_scores, valid_scores=result.valid_scores)
-        selection[f"split_{k}"] = result.selection()
+    jobs = [GridJob(k, f"{strategy} split {k + 1}/{len(splits)}: ", split_path, config,
+                    DirectoryStore(train_cache_root() / strategy / checkpoint_key(split_path, embedding_paths, config)))
+            for k, split_path in enumerate(splits)]
+    if features is None:
+        finished = ((job, popularity(Split.load(job.split_path))) for job in jobs)
+    else:  # train.executor: the jobs one after another here, or all at once on Ray
+        finished = run_grid_jobs(jobs, features, config.executor)
+    for n_done, (job, result) in enumerate(finished, 1):
+        write_npz(out_dir / f"split_{job.index}.npz", test_scores=result.test_scores, valid_scores=result.valid_scores)
+        selection[job.index] = result.selection()
         elapsed = time.perf_counter() - start
-        log_stderr(f"train {label}done; {elapsed:.0f} s so far, about {elapsed / (k + 1) * (len(splits) - k - 1):.0f} s left")
-    write_json(out_dir / "selection.json", {"strategy": strategy, "sources": sources, "splits": selection})
+        log_stderr(f"train {job.label}done; {elapsed:.0f} s so far, about "
+                   f"{elapsed / n_done * (len(jobs) - n_done):.0f} s left")
+    write_json(out_dir / "selection.json", {"strategy": strategy, "sources": sources,
+                                            "splits": {f"split_{k}": selection[k] for k in sorted(selection)}})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 import math
 
 import numpy as np
+import pytest
 
 from xreflect.metrics import topk_metrics
+
+pytestmark = pytest.mark.usefixtures("on_test_device")  # cuda with XREFLECT_TEST_DEVICE=cuda
 
 L = lambda *v: np.array([v], dtype=bool)  # noqa: E731
 

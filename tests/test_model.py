@@ -8,20 +8,22 @@ import torch
 from xreflect.model import (StackedAdamW, StackedTwoTower, TwoTower, init_state, score_state, stacked_loss)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "on_test_device")
 
 
 def features(n_items=12, d=6, seed=0) -> torch.Tensor:
     return torch.as_tensor(np.random.default_rng(seed).normal(size=(n_items, d)).astype(np.float32))
 
 
-def test_adamw_matches_torch_per_grid_point():
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_matches_torch_per_grid_point(fused):
+    """Both the fused kernel and the plain ops (torch builds without the kernel)."""
     torch.manual_seed(0)
     lrs = [0.1, 0.01, 0.001]
     params = {"x": torch.randn(3, 5, 4, requires_grad=True)}
     refs = [params["x"][g].detach().clone().requires_grad_(True) for g in range(3)]
     opts = [torch.optim.AdamW([r], lr=lr, weight_decay=0.0005) for r, lr in zip(refs, lrs)]
-    stacked = StackedAdamW(params, lrs, 0.0005)
+    stacked = StackedAdamW(params, lrs, 0.0005, fused=fused)
     for _ in range(5):
         grad = torch.randn(3, 5, 4)
         params["x"].grad = grad.clone()
@@ -78,7 +80,7 @@ def test_scores_and_keep():
         torch.testing.assert_close(scores[g], score_state(states[g], feats, users, items))
         # By hand for user 1, item 4: u . (relu(x W0 + b0) W1 + b1)
         s = states[g]
-        h = np.maximum(feats[4].numpy() @ s["w0"] + s["b0"], 0) @ s["w1"] + s["b1"]
+        h = np.maximum(feats[4].cpu().numpy() @ s["w0"] + s["b0"], 0) @ s["w1"] + s["b1"]
         assert scores[g, 1, 1].item() == pytest.approx(float(s["user"][1] @ h), rel=1e-5)
     model.keep([2])
     assert model.size == 1

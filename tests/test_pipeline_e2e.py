@@ -184,6 +184,29 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_dependents(projec
     commit(work, env, "shorter training")
 
 
+def test_ray_executor_gives_the_local_metrics(project):
+    """train.executor: ray on a local Ray started by each train stage, with a checkpoint store of its
+    own so every grid point trains again: the same metrics as the local run above, bit for bit (the
+    jobs run with the local run's torch thread count, so the reductions run in the same order)."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]' or -r requirements-ray.txt)")
+    import torch  # noqa: PLC0415
+
+    work, env, _ = project
+    local = json.loads((work / "metrics/summary.json").read_text())
+    edit_params(work, lambda p: p["train"].update(executor="ray"))
+    ray_env = {**env, "XREFLECT_CACHE_DIR": str(work.parent / "cache_ray"), "RAY_USAGE_STATS_ENABLED": "0",
+               "XREFLECT_RAY_JOB_CPUS": str(torch.get_num_threads())}
+    try:
+        log = run("dvc", "repro", cwd=work, env=ray_env)
+        with_ray = json.loads((work / "metrics/summary.json").read_text())
+    finally:
+        edit_params(work, lambda p: p["train"].update(executor="local"))
+    run("dvc", "repro", "-q", cwd=work, env=env)  # back to the local run's outs (DVC's run-cache)
+    assert stale_stages(work, env) == set()
+    assert "train: executor ray, cluster at " in log and "grid job(s) submitted to Ray" in log
+    assert with_ray == local
+
+
 def test_a_strategy_added_in_params_alone_trains_and_is_reported(project):
     work, env, _ = project
     def add(p):

@@ -51,7 +51,8 @@ def planted(n_users=150, n_items=200, n_clusters=5, d=32, per_user=20, seed=0) -
     return make_split(np.array(pairs), n_users, n_items, (8, 1, 1), 50, seed), feats.astype(np.float32)
 
 
-SMALL = dict(dim=32, item_hidden=[64], batch_size=512, max_epochs=40, eval_every=5, patience=2)
+SMALL = dict(dim=32, item_hidden=[64], batch_size=512, max_epochs=40, eval_every=5, patience=2,
+             precision="fp32")  # the same arithmetic on every machine (bf16: tests/test_precision.py)
 
 
 def quiet(_: str) -> None:

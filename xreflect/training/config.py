@@ -8,6 +8,8 @@ from typing import Callable
 from xreflect.config import ParamsError
 
 METRIC_NAMES = ("precision", "recall", "ndcg")
+PRECISIONS = ("auto", "fp32", "bf16")  # what each means: xreflect/training/precision.py
+EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class TrainConfig:
     patience: int = 5
     select_metric: str = "recall@10"
     seed: int = 0
+    precision: str = "auto"     # the towers' matmul dtype: auto | fp32 | bf16 (training/precision.py)
+    executor: str = "local"     # where the grid jobs run: local | ray (training/executor.py)
 
     @classmethod
     def from_params(cls, section: dict | None) -> "TrainConfig":
@@ -45,6 +49,11 @@ class TrainConfig:
                     raise ParamsError(f"params.yaml: train.item_hidden must be a list of positive layer sizes "
                                      f"(e.g. [512, 256], or [] for a linear item tower), got {value!r}")
                 values[name] = tuple(int(v) for v in value)
+            elif name in ("precision", "executor"):
+                allowed_values = PRECISIONS if name == "precision" else EXECUTORS
+                if value not in allowed_values:
+                    raise ParamsError(f"params.yaml: train.{name} is {value!r}; use one of {', '.join(allowed_values)}")
+                values[name] = value
             elif name == "select_metric":
                 values[name] = _metric_name(value)
             elif name == "weight_decay":
@@ -65,6 +74,7 @@ class TrainConfig:
         cached point stays valid when other points are added to or removed from the grid)."""
         params = asdict(self)
         del params["lr"], params["dropout"]
+        del params["executor"]  # where a point trains does not change what it computes
         return params
 
     def select(self) -> tuple[str, int]:

@@ -30,6 +30,7 @@ from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, sco
 from xreflect.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_stacked
+from xreflect.training.precision import DTYPES, resolve_precision
 from xreflect.training.results import PointResult, StrategyResult
 from xreflect.training.store import PointStore
 
@@ -78,9 +79,9 @@ class Tracker:
         else:
             self.stale += 1
 
-    def result(self, epochs_run: int, seconds: float) -> PointResult:
+    def result(self, epochs_run: int, seconds: float, precision: str = "fp32") -> PointResult:
         return PointResult(self.point.lr, self.point.dropout, self.best_epoch, epochs_run, round(seconds, 3),
-                           self.best_metrics)
+                           self.best_metrics, precision)
 
 
 def train_points(split: Split, features: torch.Tensor, config: TrainConfig, points: list[GridPoint],
@@ -88,12 +89,13 @@ def train_points(split: Split, features: torch.Tensor, config: TrainConfig, poin
                  label: str = "") -> None:
     """Train `points` together; call `on_done` for each as soon as it stops (early or at max_epochs)."""
     device = features.device
+    precision = resolve_precision(config.precision, device)[0]
     pool = negative_pool(split)
     valid = EvalSet.of(candidates(split, "valid"), device)
     init = init_state(split.n_users, features.shape[1], list(config.item_hidden), config.dim,
                       seed_for(config.seed, "init"))
     model = StackedTwoTower([init] * len(points), features, [p.dropout for p in points],
-                            [seed_for(config.seed, "dropout", p.lr, p.dropout) for p in points])
+                            [seed_for(config.seed, "dropout", p.lr, p.dropout) for p in points], DTYPES[precision])
     optimizer = StackedAdamW(model.params, [p.lr for p in points], config.weight_decay)
     trackers = [Tracker(p) for p in points]
     metric, ks = config.select_metric, metric_ks(config)
@@ -109,7 +111,7 @@ def train_points(split: Split, features: torch.Tensor, config: TrainConfig, poin
         stopped = [r for r, t in enumerate(trackers) if t.stale >= config.patience or epoch == config.max_epochs]
         elapsed = time.perf_counter() - start
         for row in stopped:
-            on_done(trackers[row].point, trackers[row].result(epoch, elapsed), trackers[row].best_state)
+            on_done(trackers[row].point, trackers[row].result(epoch, elapsed, precision), trackers[row].best_state)
         log(_progress(label, epoch, config, trackers, stopped, elapsed, metric))
         keep = [r for r in range(len(trackers)) if r not in stopped]
         if not keep:
@@ -161,6 +163,8 @@ def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: P
     todo = [p for p in grid if p not in done]
     if done:
         log(f"train {label}{len(done)} grid point(s) restored from the checkpoint store, {len(todo)} to train")
+    if todo:
+        log(f"train {label}precision {'; '.join(resolve_precision(config.precision, device))}")
 
     def finish(point: GridPoint, result: PointResult, state: State) -> None:
         if store is not None:

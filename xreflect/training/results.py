@@ -15,6 +15,7 @@ class PointResult:
     epochs_run: int
     seconds: float          # wall time until this point stopped (points train together)
     valid_metrics: dict[str, float]
+    precision: str = "fp32"  # the tower's training dtype (train.precision as resolved on the machine)
 
 
 @dataclass

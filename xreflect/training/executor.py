@@ -1,0 +1,46 @@
+"""Where a train stage's grid jobs run: `train.executor: local | ray`.
+
+A grid job is one split of one strategy: the whole lr x dropout grid as train_grid trains it
+(early stopping, selection on validation, one test scoring). `local` runs the jobs here one after
+another. `ray` sends them to a Ray cluster at once (xreflect/training/ray_jobs.py), so the five
+splits of a strategy, and the jobs of every strategy whose stage runs at the same time, train in
+parallel. Either way each finished job's grid points land in the stage's checkpoint store and its
+result comes back to the stage, which writes DVC's outs exactly as before.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from xreflect.data.split import Split
+from xreflect.io import log_stderr
+from xreflect.training.config import TrainConfig
+from xreflect.training.grid import train_grid
+from xreflect.training.results import StrategyResult
+from xreflect.training.store import PointStore
+
+
+@dataclass(frozen=True)
+class GridJob:
+    """One split of one strategy: the grid that train_grid trains, and where its points are kept."""
+    index: int               # the split's number (outs are models/<strategy>/split_<index>.npz)
+    label: str               # prefix of the job's log lines
+    split_path: Path
+    config: TrainConfig
+    store: PointStore | None
+
+
+def run_grid_jobs(jobs: list[GridJob], features: np.ndarray, executor: str = "local",
+                  log: Callable[[str], None] = log_stderr) -> Iterator[tuple[GridJob, StrategyResult]]:
+    """Each job with its result, as the jobs finish (in order with `local`)."""
+    if executor == "ray":
+        from xreflect.training.ray_jobs import run_on_ray  # noqa: PLC0415 (ray is an optional extra)
+        yield from run_on_ray(jobs, features, log)
+        return
+    if executor != "local":
+        raise ValueError(f"params.yaml: train.executor is {executor!r}; use one of local, ray")
+    for job in jobs:
+        yield job, train_grid(Split.load(job.split_path), features, job.config, job.store, log=log, label=job.label)
