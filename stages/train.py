@@ -14,25 +14,29 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 # OpenMP threads that spin while waiting make torch up to 4x slower whenever anything else runs on
 # the machine (measured on 2 shared cores); passive waiting costs nothing measurable when idle.
 # Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import pandas as pd
 import torch
 
 from xreflect.cli import run_stage
 from xreflect.config import load_params
 from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
-from xreflect.io import log_stderr, write_json, write_npz
+from xreflect.io import atomic_path, log_stderr, write_json, write_npz
 from xreflect.pipeline import MODELS_DIR, embedding_path, split_paths
 from xreflect.training.baselines import popularity
 from xreflect.training.config import train_config
 from xreflect.training.executor import GridJob, run_grid_jobs
 from xreflect.training.features import load_features
 from xreflect.training.store import DirectoryStore, checkpoint_key, train_cache_root
+
+CURVES_DIR = Path("plots/training")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +71,26 @@ def main(argv: list[str] | None = None) -> None:
                    f"{elapsed / n_done * (len(jobs) - n_done):.0f} s left")
     write_json(out_dir / "selection.json", {"strategy": strategy, "sources": sources,
                                             "splits": {f"split_{k}": selection[k] for k in sorted(selection)}})
+    write_curves(CURVES_DIR / f"{strategy}.csv", selection, config.select_metric)
+
+
+def write_curves(path: Path, selection: dict[int, dict], metric: str) -> None:
+    """Every grid point's training curve on every split, one row per evaluation epoch, for
+    `dvc plots` (the top-level plots in dvc.yaml overlay them across experiments). Item Popularity
+    trains nothing: one row per split at epoch 0 with its validation metric, no loss."""
+    columns = ["split", "grid_point", "selected", "epoch", f"valid_{metric}", "train_loss"]
+    rows = []
+    for k in sorted(selection):
+        chosen = selection[k]["chosen"]
+        if not selection[k]["grid"]:
+            rows.append({"split": k, "grid_point": "no training", "selected": True, "epoch": 0,
+                         f"valid_{metric}": round(selection[k]["valid_metrics"][metric], 6), "train_loss": None})
+        for point in selection[k]["grid"]:
+            name = f"lr={point['lr']:g} dropout={point['dropout']:g}"
+            selected = chosen is not None and (point["lr"], point["dropout"]) == (chosen["lr"], chosen["dropout"])
+            rows += [{"split": k, "grid_point": name, "selected": selected, **entry} for entry in point["curve"]]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
 
 
 if __name__ == "__main__":

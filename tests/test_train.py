@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -319,6 +320,14 @@ def test_stage_writes_aligned_scores_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "train_points", lambda *a, **k: pytest.fail("retrained a finished point"))
     stage.main(["--strategy", "text_image"])
     np.testing.assert_array_equal(np.load(tmp_path / "models/text_image/split_0.npz")["test_scores"], out["test_scores"])
+
+    curves = pd.read_csv(tmp_path / "plots/training/text_image.csv")
+    # both grid points, evaluated at epochs 5 and 10 unless stopped early, the selected one marked
+    assert set(curves["grid_point"]) == {"lr=0.01 dropout=0.1", "lr=0.01 dropout=0.3"}
+    assert set(curves["epoch"]) <= {5, 10} and curves["train_loss"].between(0, 2).all()
+    assert curves[curves["selected"]]["grid_point"].nunique() == 1
+    chosen = selection["splits"]["split_0"]["chosen"]
+    assert curves[curves["selected"]]["valid_recall@10"].max() == pytest.approx(chosen["valid_metrics"]["recall@10"], abs=1e-6)
 
     stage.main(["--strategy", "popularity"])
     pop = np.load(tmp_path / "models/popularity/split_0.npz")["test_scores"]

@@ -224,10 +224,14 @@ def pad_rows(index: Tensor, step: int) -> Tensor:
     return torch.cat([index, index[:1].expand(extra)]) if extra and len(index) else index
 
 
+def point_losses(logits: Tensor, labels: Tensor) -> Tensor:
+    """Each grid point's mean BCE over the batch: [n_points]."""
+    return F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none").mean(1)
+
+
 def stacked_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Sum over grid points of each point's mean BCE, so each point's gradient is its own loss's."""
-    per_point = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none").mean(1)
-    return per_point.sum()
+    return point_losses(logits, labels).sum()
 
 
 class StackedAdamW:

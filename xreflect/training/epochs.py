@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, seed_for, stacked_loss
+from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, point_losses, seed_for
 from xreflect.negatives import NegativePool, sample_negatives
 from xreflect.training.config import TrainConfig
 
@@ -42,11 +42,17 @@ def batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def train_epoch_stacked(model: StackedTwoTower, optimizer: StackedAdamW, samples: Samples, batch_size: int) -> None:
-    for batch in batches(len(samples), batch_size):
-        loss = stacked_loss(model.logits(samples.users[batch], samples.items[batch]), samples.labels[batch])
-        loss.backward()
+def train_epoch_stacked(model: StackedTwoTower, optimizer: StackedAdamW, samples: Samples,
+                        batch_size: int) -> torch.Tensor:
+    """One epoch of every stacked grid point; returns each point's mean training loss over the
+    epoch's batches (a tensor on the device, read only at evaluation epochs: no sync per batch)."""
+    total = None
+    for number, batch in enumerate(batches(len(samples), batch_size), start=1):
+        losses = point_losses(model.logits(samples.users[batch], samples.items[batch]), samples.labels[batch])
+        losses.sum().backward()
         optimizer.step(model.params)
+        total = losses.detach() if total is None else total + losses.detach()
+    return total / number
 
 
 def train_epoch_reference(model: TwoTower, optimizer: torch.optim.Optimizer, samples: Samples,

@@ -71,8 +71,12 @@ class Tracker:
     best_metrics: dict[str, float] = field(default_factory=dict)
     best_state: State | None = None
     stale: int = 0  # evaluations since the last improvement
+    curve: list[dict] = field(default_factory=list)
 
-    def update(self, epoch: int, metrics: dict[str, float], metric: str, state: Callable[[], State]) -> None:
+    def update(self, epoch: int, metrics: dict[str, float], metric: str, state: Callable[[], State],
+               train_loss: float | None = None) -> None:
+        self.curve.append({"epoch": epoch, f"valid_{metric}": round(metrics[metric], 6),
+                           "train_loss": None if train_loss is None else round(train_loss, 6)})
         if metrics[metric] > self.best:
             self.best, self.best_epoch, self.best_metrics = metrics[metric], epoch, metrics
             self.best_state, self.stale = state(), 0
@@ -81,7 +85,7 @@ class Tracker:
 
     def result(self, epochs_run: int, seconds: float, precision: str = "fp32") -> PointResult:
         return PointResult(self.point.lr, self.point.dropout, self.best_epoch, epochs_run, round(seconds, 3),
-                           self.best_metrics, precision)
+                           self.best_metrics, precision, self.curve)
 
 
 def train_points(split: Split, features: torch.Tensor, config: TrainConfig, points: list[GridPoint],
@@ -101,13 +105,14 @@ def train_points(split: Split, features: torch.Tensor, config: TrainConfig, poin
     metric, ks = config.select_metric, metric_ks(config)
     start = time.perf_counter()
     for epoch in range(1, config.max_epochs + 1):
-        train_epoch_stacked(model, optimizer, epoch_samples(split.train, pool, config, epoch, device),
-                            config.batch_size)
+        losses = train_epoch_stacked(model, optimizer, epoch_samples(split.train, pool, config, epoch, device),
+                                     config.batch_size)
         if not is_eval_epoch(epoch, config):
             continue
         scores = model.scores(valid.users, valid.items)
+        losses = losses.float().tolist()
         for row, tracker in enumerate(trackers):
-            tracker.update(epoch, valid.metrics(scores[row], ks), metric, lambda: model.state(row))
+            tracker.update(epoch, valid.metrics(scores[row], ks), metric, lambda: model.state(row), losses[row])
         stopped = [r for r, t in enumerate(trackers) if t.stale >= config.patience or epoch == config.max_epochs]
         elapsed = time.perf_counter() - start
         for row in stopped:

@@ -16,6 +16,9 @@ class PointResult:
     seconds: float          # wall time until this point stopped (points train together)
     valid_metrics: dict[str, float]
     precision: str = "fp32"  # the tower's training dtype (train.precision as resolved on the machine)
+    # The training curve: at each evaluation epoch, {"epoch", "valid_<select_metric>", "train_loss"}
+    # (the epoch's mean training loss); for plots/training/<strategy>.csv.
+    curve: list[dict] = field(default_factory=list)
 
 
 @dataclass
