@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}; torch {torch.__version__}")
     print(f"scale {args.scale}: {split.n_users} users, {split.n_items} items, "
           f"{len(split.train) + len(split.valid) + len(split.test):,} interactions "
-          f"({len(split.train):,} train), {split.eval_negatives.shape[1]} eval negatives; "
+          f"({len(split.train):,} train), {split.valid_negatives.shape[1]} validation + as many test negatives; "
           f"built in {time.perf_counter() - start:.1f} s; tower {list(config.item_hidden)}, "
           f"batch {config.batch_size}, grid {len(config.grid())} points"
           + (" [quick: median of 12 interleaved batches x batches per epoch]" if args.quick else ""))
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  fast, 9-point stack : {r['stack_epoch']:.2f} s/epoch = {r['stack_epoch'] / n_grid:.2f} s per grid point, "
               f"{r['samples'] * n_grid / r['stack_epoch']:,.0f} samples/s")
         print(f"  fast, single point  : {r['single_epoch']:.2f} s/epoch, {r['samples'] / r['single_epoch']:,.0f} samples/s")
-        print(f"  evaluation, all users (positives + {split.eval_negatives.shape[1]} negatives): "
+        print(f"  evaluation, all users (positives + {split.valid_negatives.shape[1]} negatives): "
               f"{r['eval_single']:.3f} s per model, {r['eval_stack']:.3f} s for the 9-point stack")
         print(f"  epochs per grid point ({how}): {epochs:.1f}")
         print(f"  projected grid x {n_splits} splits, one strategy: {fast_total / 3600:.2f} h "
