@@ -126,7 +126,7 @@ def interleaved_epoch_seconds(steps: dict[str, Callable[[Samples], None]], sampl
 def bench_features(split: Split, features: np.ndarray, config: TrainConfig, device: torch.device,
                    max_batches: int | None, reference: bool) -> dict[str, float]:
     feats = torch.as_tensor(features, device=device)
-    samples = epoch_samples(split.train, negative_pool(split), config, 1, device)
+    samples = epoch_samples(split, negative_pool(split), config, 1, device)
     grid = config.grid()
     init = init_state(split.n_users, feats.shape[1], list(config.item_hidden), config.dim, 0)
     stack = StackedTwoTower([init] * len(grid), feats, [p.dropout for p in grid], list(range(len(grid))))

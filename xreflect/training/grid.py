@@ -9,7 +9,8 @@ never looked at before that.
 Grid points train in a `StackedTwoTower` (see xreflect/model.py): all together on a GPU or for
 small data, one at a time on the CPU for large data (see default_stack_size); in a stack each keeps
 its own early stopping and leaves when it stops. A grid point's random streams (initialisation,
-dropout, negatives, batch order) depend only on the seed and the point itself, so training a point
+dropout, negatives, batch order) depend only on the seed, the split and the point itself
+(xreflect/training/seeds.py), so training a point
 alone or beside others, or resuming after an interruption, gives the same result (up to float
 rounding of batched matmuls).
 """
@@ -26,11 +27,12 @@ import torch
 from xreflect.data.split import Candidates, Split, candidates
 from xreflect.io import log_stderr
 from xreflect.metrics import torch_topk_metrics
-from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, score_state, seed_for
+from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, score_state
 from xreflect.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_stacked
 from xreflect.training.results import PointResult, StrategyResult
+from xreflect.training.seeds import dropout_seed, init_seed
 from xreflect.training.store import PointStore
 
 Log = Callable[[str], None]
@@ -91,15 +93,15 @@ def train_points(split: Split, features: torch.Tensor, config: TrainConfig, poin
     pool = negative_pool(split)
     valid = EvalSet.of(candidates(split, "valid"), device)
     init = init_state(split.n_users, features.shape[1], list(config.item_hidden), config.dim,
-                      seed_for(config.seed, "init"))
+                      init_seed(config, split))
     model = StackedTwoTower([init] * len(points), features, [p.dropout for p in points],
-                            [seed_for(config.seed, "dropout", p.lr, p.dropout) for p in points])
+                            [dropout_seed(config, split, p) for p in points])
     optimizer = StackedAdamW(model.params, [p.lr for p in points], config.weight_decay)
     trackers = [Tracker(p) for p in points]
     metric, ks = config.select_metric, metric_ks(config)
     start = time.perf_counter()
     for epoch in range(1, config.max_epochs + 1):
-        train_epoch_stacked(model, optimizer, epoch_samples(split.train, pool, config, epoch, device),
+        train_epoch_stacked(model, optimizer, epoch_samples(split, pool, config, epoch, device),
                             config.batch_size)
         if not is_eval_epoch(epoch, config):
             continue
