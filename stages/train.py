@@ -1,11 +1,13 @@
 """DVC stage `train@<strategy>`: grid-train the two-tower model for one strategy on every split.
 
-Reads params: train, strategies.<strategy>, split.n_splits. Reads data/splits/split_<k>.npz and
-data/embeddings/<strategy>/<source>.npy for each source the strategy lists (concatenated in that
-order; an empty list is Item Popularity, which trains nothing). Writes models/<strategy>/split_<k>.npz
-(`test_scores` and `valid_scores` of the selected model, aligned with candidates(split, part)) and
-models/<strategy>/selection.json. Finished grid points are checkpointed outside the stage's outs,
-under ${XREFLECT_CACHE_DIR:-.cache}/train/, so an interrupted run resumes where it stopped.
+Reads params: train, strategies.<strategy>, split.n_splits, evaluate.ks. Reads
+data/splits/split_<k>.npz and data/embeddings/<strategy>/<source>.npy for each source the strategy
+lists (concatenated in that order; an empty list is Item Popularity, which trains nothing). Writes
+models/<strategy>/split_<k>.npz (`test_scores` and `valid_scores` of the selected model, aligned
+with candidates(split, part), and `full_test_top`, its top-max(evaluate.ks) test items under the
+full-ranking protocol, xreflect/full_ranking.py) and models/<strategy>/selection.json. Finished
+grid points are checkpointed outside the stage's outs, under ${XREFLECT_CACHE_DIR:-.cache}/train/,
+so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     sources = strategy_sources(params, strategy)
     config, overrides = train_config(params)
+    full_k = max(int(k) for k in (params.get("evaluate") or {}).get("ks", [1, 10]))
     if overrides:
         log_stderr(f"train: dataset {params.get('dataset')!r} overrides {overrides} "
                    "(train.dataset_overrides in params.yaml; a key you change under train wins)")
@@ -52,12 +55,13 @@ def main(argv: list[str] | None = None) -> None:
         split = Split.load(split_path)
         label = f"{strategy} split {k + 1}/{len(splits)}: "
         if features is None:
-            result = popularity(split)
+            result = popularity(split, full_k=full_k)
         else:
             store = DirectoryStore(train_cache_root() / strategy /
                                    checkpoint_key(split_path, embedding_paths, config))
-            result = train_grid(split, features, config, store, label=label)
-        write_npz(out_dir / f"split_{k}.npz", test_scores=result.test_scores, valid_scores=result.valid_scores)
+            result = train_grid(split, features, config, store, label=label, full_k=full_k)
+        write_npz(out_dir / f"split_{k}.npz", test_scores=result.test_scores, valid_scores=result.valid_scores,
+                  full_test_top=result.full_test_top)
         selection[f"split_{k}"] = result.selection()
         elapsed = time.perf_counter() - start
         log_stderr(f"train {label}done; {elapsed:.0f} s so far, about {elapsed / (k + 1) * (len(splits) - k - 1):.0f} s left")

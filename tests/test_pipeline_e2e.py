@@ -72,8 +72,9 @@ def test_repro_produces_metrics_for_every_strategy(project):
     work, _, _ = project
     summary = json.loads((work / "metrics/summary.json").read_text())
     strategies = yaml.safe_load((work / "params.yaml").read_text())["strategies"]
-    assert set(strategies) | {"popularity_global"} == set(summary)
-    for metrics in summary.values():
+    assert set(strategies) | {"popularity_global", "full_ranking"} == set(summary)
+    assert set(strategies) == set(summary["full_ranking"])
+    for metrics in [*(m for s, m in summary.items() if s != "full_ranking"), *summary["full_ranking"].values()]:
         assert {"precision@10", "recall@10", "ndcg@10", "precision@1", "recall@1", "ndcg@1"} <= set(metrics)
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
     report = (work / "metrics/report.md").read_text()

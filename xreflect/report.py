@@ -60,3 +60,13 @@ def markdown_table(results: dict[str, dict[str, dict]], metrics: list[str], base
             cells.append(cell)
         lines.append(f"| {LABELS.get(strategy, strategy)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def ordering(results: dict[str, dict[str, dict]], metric: str, strategies: list[str]) -> str:
+    """`strategies` from the best mean `metric` to the worst, e.g. "Text + Image > Text = KAR"."""
+    ranked = sorted(strategies, key=lambda s: -results[s][metric]["mean"])
+    out = LABELS.get(ranked[0], ranked[0])
+    for before, strategy in zip(ranked, ranked[1:]):
+        tie = results[strategy][metric]["mean"] == results[before][metric]["mean"]
+        out += f" {'=' if tie else '>'} {LABELS.get(strategy, strategy)}"
+    return out

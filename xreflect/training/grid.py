@@ -27,7 +27,8 @@ import torch
 from xreflect.data.split import Candidates, Split, candidates
 from xreflect.io import log_stderr
 from xreflect.metrics import torch_topk_metrics
-from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, score_state
+from xreflect.full_ranking import full_top_items
+from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, score_matrix
 from xreflect.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_stacked
@@ -148,8 +149,9 @@ def default_stack_size(device: torch.device, n_points: int, samples_per_epoch: i
 
 def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: PointStore | None = None,
                device: torch.device | None = None, log: Log = log_stderr, label: str = "",
-               stack_size: int | None = None) -> StrategyResult:
-    """Train the whole lr x dropout grid on one split, choose on validation, score test once."""
+               stack_size: int | None = None, full_k: int | None = None) -> StrategyResult:
+    """Train the whole lr x dropout grid on one split, choose on validation, score test once (and,
+    with `full_k`, keep the chosen model's top-`full_k` test items under the full-ranking protocol)."""
     device = device or default_device()
     feats = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
     if feats.shape[0] != split.n_items:
@@ -176,7 +178,7 @@ def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: P
     chosen = grid[best_point([done[p][0] for p in grid], config)]
     if done[chosen][1] is None:  # its checkpoint was pruned under an earlier grid: retrain it alone
         train_points(split, feats, config, [chosen], finish, log, label)
-    result = select_and_test(split, feats, config, [done[p] for p in grid], grid.index(chosen))
+    result = select_and_test(split, feats, config, [done[p] for p in grid], grid.index(chosen), full_k)
     if store is not None:
         store.prune(grid, keep=chosen)
     return result
@@ -188,17 +190,20 @@ def best_point(results: list[PointResult], config: TrainConfig) -> int:
 
 
 def select_and_test(split: Split, features: torch.Tensor, config: TrainConfig,
-                    trained: list[tuple[PointResult, State | None]], chosen: int | None = None) -> StrategyResult:
+                    trained: list[tuple[PointResult, State | None]], chosen: int | None = None,
+                    full_k: int | None = None) -> StrategyResult:
     """Choose the grid point with the best validation metric (first in grid order on ties) unless
-    `chosen` says which; only then score the test candidates, once, with its best checkpoint."""
+    `chosen` says which; only then score the test candidates, once, with its best checkpoint (and,
+    with `full_k`, rank the whole catalog for the full-ranking protocol from the same scores)."""
     chosen = best_point([r for r, _ in trained], config) if chosen is None else chosen
     result, state = trained[chosen]
     assert state is not None, "the chosen grid point has no checkpoint"
     valid, test = candidates(split, "valid"), candidates(split, "test")
     device = features.device
-    users = torch.arange(split.n_users, device=device)
     with torch.no_grad():
-        valid_scores = score_state(state, features, users, torch.as_tensor(valid.items, device=device))
-        test_scores = score_state(state, features, users, torch.as_tensor(test.items, device=device))
+        scores = score_matrix(state, features, torch.arange(split.n_users, device=device))
+        valid_scores = scores.gather(1, torch.as_tensor(valid.items, device=device))
+        test_scores = scores.gather(1, torch.as_tensor(test.items, device=device))
+        full_top = None if full_k is None else full_top_items(scores, split, "test", full_k)
     return StrategyResult([r for r, _ in trained], chosen, valid_scores.cpu().numpy().astype(np.float32),
-                          test_scores.cpu().numpy().astype(np.float32), result.valid_metrics)
+                          test_scores.cpu().numpy().astype(np.float32), result.valid_metrics, full_top)
