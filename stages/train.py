@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         log_stderr(f"train: dataset {params.get('dataset')!r} overrides {overrides} "
                    "(train.dataset_overrides in params.yaml; a key you change under train wins)")
     embedding_paths = [embedding_path(strategy, source) for source in sources]
-    features = load_features(embedding_paths) if sources else None
+    features = load_features(embedding_paths, config.normalize_sources) if sources else None
     out_dir = MODELS_DIR / strategy
     splits = split_paths(int(params["split"]["n_splits"]))
     selection, start = {}, time.perf_counter()

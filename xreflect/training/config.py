@@ -23,6 +23,7 @@ class TrainConfig:
     patience: int = 5
     select_metric: str = "recall@10"
     seed: int = 0
+    normalize_sources: bool = False  # L2-normalise each embedding source's rows before concatenating
 
     @classmethod
     def from_params(cls, section: dict | None) -> "TrainConfig":
@@ -45,6 +46,10 @@ class TrainConfig:
                 values[name] = tuple(int(v) for v in value)
             elif name == "select_metric":
                 values[name] = _metric_name(value)
+            elif name == "normalize_sources":
+                if not isinstance(value, bool):
+                    raise ValueError(f"params.yaml: train.normalize_sources must be true or false, got {value!r}")
+                values[name] = value
             elif name == "weight_decay":
                 if not _is_number(value) or value < 0:
                     raise ValueError(f"params.yaml: train.weight_decay must be a number >= 0, got {value!r}")
