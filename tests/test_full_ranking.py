@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings, strategies as st
 
 from xreflect.data.split import Split
-from xreflect.full_ranking import NO_ITEM, excluded_items, full_metrics, full_top_items
+from xreflect.full_ranking import NO_ITEM, excluded_items, full_metrics, full_top_items, top_items
 
 from tests.test_train import SMALL, write_stage_inputs
 
@@ -65,6 +66,25 @@ def test_ties_go_against_the_positives():
     top = full_top_items(torch.zeros(2, 6), split, "test", 2)
     assert top.tolist() == [[4, 5], [2, 3]]
     assert full_metrics(split, "test", top, [1, 2])["recall@2"] == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), levels=st.sampled_from([1, 2, 3, 1000]), k=st.sampled_from([1, 5, 30]))
+def test_top_items_equal_a_full_sort_with_ties_and_exclusions(seed, levels, k):
+    """Against a plain full sort by (score descending, positive last, item index)."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 7, 25
+    scores = rng.integers(0, levels, (n_users, n_items)).astype(np.float32)
+    excluded = rng.random((n_users, n_items)) < 0.3
+    excluded[0] = True  # a user without candidates
+    excluded[1, 2:] = True  # and one with fewer than k
+    positive = (rng.random((n_users, n_items)) < 0.2) & ~excluded
+    got = top_items(torch.from_numpy(scores), torch.from_numpy(excluded), torch.from_numpy(positive), k, chunk=3)
+    for u in range(n_users):
+        candidates = np.flatnonzero(~excluded[u])
+        order = candidates[np.lexsort((candidates, positive[u, candidates], -scores[u, candidates]))][:k]
+        expected = order.tolist() + [NO_ITEM] * (min(k, n_items) - len(order))
+        assert got[u].tolist() == expected
 
 
 def test_a_list_ranking_an_excluded_item_or_too_short_is_refused():

@@ -36,16 +36,23 @@ def top_items(scores: torch.Tensor, excluded: torch.Tensor, positive: torch.Tens
     """int32 [n_users, k]: each user's k best candidate items, best first, NO_ITEM where the user
     has fewer than k candidates. Ties are broken as in xreflect.metrics (against the positives:
     among equal scores the user's non-positive items come first), then by item index, so a
-    constant scorer gets no hits here either. `positive` is used for nothing but that tie order."""
+    constant scorer gets no hits here either. `positive` is used for nothing but that tie order.
+
+    No full sort: only the items scoring at least a user's k-th best score can be in its top k
+    (usually exactly k of them; more only with ties), so those are gathered with topk and ordered
+    by three stable sorts: item index, then non-positives first, then score."""
     k = min(k, scores.shape[1])
     out = []
     for start in range(0, len(scores), chunk):
         rows = slice(start, start + chunk)
         s = scores[rows].float().masked_fill(excluded[rows], -torch.inf)
-        # Two stable sorts: non-positives before positives (index order kept), then by score.
-        by_label = torch.argsort(positive[rows].to(torch.int8), dim=1, stable=True)
-        by_score = torch.argsort(s.gather(1, by_label), dim=1, descending=True, stable=True)[:, :k]
-        top = by_label.gather(1, by_score)
+        kth = torch.topk(s, k, dim=1).values[:, -1:]
+        width = int((s >= kth).sum(1).max())  # k unless the k-th score is tied
+        items = torch.topk(s, width, dim=1).indices.sort(dim=1).values
+        by_label = torch.argsort(positive[rows].gather(1, items).to(torch.int8), dim=1, stable=True)
+        items = items.gather(1, by_label)
+        by_score = torch.argsort(s.gather(1, items), dim=1, descending=True, stable=True)[:, :k]
+        top = items.gather(1, by_score)
         top[~torch.isfinite(s.gather(1, top))] = NO_ITEM
         out.append(top.to(torch.int32).cpu())
     return torch.cat(out).numpy()
