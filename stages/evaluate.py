@@ -23,7 +23,7 @@ from xreflect.data.split import Split
 from xreflect.full_ranking import full_metrics
 from xreflect.io import read_json, write_json, write_text
 from xreflect.pipeline import MODELS_DIR, split_paths
-from xreflect.report import aggregate, markdown_table, ordering, split_metrics
+from xreflect.report import FULL_RANKING_LABELS, aggregate, markdown_table, ordering, split_metrics
 from xreflect.training.baselines import global_popularity_metrics
 
 
@@ -77,17 +77,18 @@ def main() -> None:
         report += [f"\n## Top-{k}, sampled candidates (relative gains against `{baseline}`)\n\n",
                    markdown_table(results, at(k), baseline)]
     report += ["\n**Full ranking**: every item the user did not interact with in training or validation "
-               "is a candidate, the test items are the positives (the same selected models).\n"]
+               "is a candidate, the test items are the positives (the same selected models). Item "
+               "Popularity (unseen items) ranks those items by training count.\n"]
     for k in sorted(ks, reverse=True):
         report += [f"\n## Top-{k}, full ranking (relative gains against `{baseline}`)\n\n",
-                   markdown_table(full_results, at(k), baseline)]
+                   markdown_table(full_results, at(k), baseline, FULL_RANKING_LABELS)]
     metric = f"recall@{max(ks)}"
     report += [f"\n## Order of the strategies by mean {metric.replace('recall', 'Recall')}\n\n",
                f"- sampled candidates: {ordering(results, metric, strategies)}\n",
-               f"- full ranking: {ordering(full_results, metric, strategies)}\n"]
+               f"- full ranking: {ordering(full_results, metric, strategies, FULL_RANKING_LABELS)}\n"]
     write_text("metrics/report.md", "".join(report))
     print("sampled candidates:\n" + markdown_table(results, at(max(ks)), baseline), file=sys.stderr)
-    print("full ranking:\n" + markdown_table(full_results, at(max(ks)), baseline), file=sys.stderr)
+    print("full ranking:\n" + markdown_table(full_results, at(max(ks)), baseline, FULL_RANKING_LABELS), file=sys.stderr)
 
 
 if __name__ == "__main__":

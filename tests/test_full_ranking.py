@@ -126,3 +126,4 @@ def test_train_and_evaluate_stages_report_both_protocols(tmp_path, monkeypatch):
         full_metrics(split, "test", top, [1, 10])["recall@10"], abs=1e-6)
     report = (tmp_path / "metrics/report.md").read_text()
     assert "## Top-10, full ranking" in report and "## Top-10, sampled candidates" in report
+    assert "| Item Popularity (unseen items) |" in report  # not "sampled candidates" under full ranking
