@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; before importing torch
 

@@ -3,7 +3,8 @@ under two protocols: the paper's sampled candidates (held-out positives + stored
 full ranking (every item the user did not interact with in training or validation;
 xreflect/full_ranking.py).
 
-Reads data/splits/, models/<strategy>/split_<k>.npz and params strategies, split, evaluate.
+Reads data/splits/, models/<strategy>/split_<k>.npz for each strategy in `run`, and params run,
+strategies, split, evaluate.
 Writes metrics/summary.json (mean per strategy x metric, sampled at the top level as before and
 full ranking under "full_ranking": what `dvc metrics diff` compares), metrics/detail.json
 ("results" and "full_results", both {strategy: {metric: {mean, std, per_split}}}, and the grid
@@ -13,12 +14,12 @@ protocol, relative gains against evaluate.baseline).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
 import numpy as np
 
-from xreflect.config import ParamsError, dataset_entry, load_params, strategy_sources
+from xreflect.config import ParamsError, dataset_entry, load_params, run_strategies
+from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
 from xreflect.full_ranking import full_metrics
 from xreflect.io import read_json, write_json, write_text
@@ -33,15 +34,18 @@ def main() -> None:
     config = params.get("evaluate") or {}
     ks = [int(k) for k in config.get("ks", [1, 10])]
     baseline = config.get("baseline")
-    strategies = list(params.get("strategies") or {})
+    strategies = run_strategies(params)
     for strategy in strategies:
         strategy_sources(params, strategy)
     if "full_ranking" in strategies:  # the summary's key for the second protocol
         raise ParamsError("params.yaml: `full_ranking` cannot be a strategy name (metrics/summary.json uses "
                           "it for the full-ranking protocol); rename that strategy")
-    if baseline is not None and baseline not in strategies:
+    if baseline is not None and baseline not in (params.get("strategies") or {}):
         raise ParamsError(f"params.yaml: evaluate.baseline={baseline!r} is not a strategy; allowed "
-                          f"values are {strategies}")
+                          f"values are {sorted(params.get('strategies') or {})}")
+    not_run = [s for s in params.get("strategies") or {} if s not in strategies]
+    if not_run:
+        print(f"evaluate: reporting the strategies in `run`; defined but not run: {not_run}", file=sys.stderr)
     splits = [Split.load(path) for path in split_paths(int(params["split"]["n_splits"]))]
     results, full_results, selections = {}, {}, {}
     for strategy in strategies:
@@ -73,14 +77,14 @@ def main() -> None:
               "candidates) is scored like every other row. Item Popularity (global top-K) ranks the whole "
               "catalog once for everyone, seen items included; the paper's Item Popularity figures match "
               "this one.\n"]
+    gains = f"relative gains against `{baseline}`" if baseline in strategies else f"`{baseline}` not in `run`: no gains"
     for k in sorted(ks, reverse=True):
-        report += [f"\n## Top-{k}, sampled candidates (relative gains against `{baseline}`)\n\n",
-                   markdown_table(results, at(k), baseline)]
+        report += [f"\n## Top-{k}, sampled candidates ({gains})\n\n", markdown_table(results, at(k), baseline)]
     report += ["\n**Full ranking**: every item the user did not interact with in training or validation "
                "is a candidate, the test items are the positives (the same selected models). Item "
                "Popularity (unseen items) ranks those items by training count.\n"]
     for k in sorted(ks, reverse=True):
-        report += [f"\n## Top-{k}, full ranking (relative gains against `{baseline}`)\n\n",
+        report += [f"\n## Top-{k}, full ranking ({gains})\n\n",
                    markdown_table(full_results, at(k), baseline, FULL_RANKING_LABELS)]
     metric = f"recall@{max(ks)}"
     report += [f"\n## Order of the strategies by mean {metric.replace('recall', 'Recall')}\n\n",

@@ -15,6 +15,7 @@ import pandas as pd
 from xreflect.config import dataset_entry, load_params
 from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, read_interactions, read_items, write_items
 from xreflect.data.filtering import filter_dataset
+from xreflect.data.media_report import filtered_media
 from xreflect.io import atomic_path, read_json, write_json, write_npy
 
 DATASET, OUT, REPORT = Path("data/dataset"), Path("data/filtered"), Path("metrics/data.json")
@@ -36,6 +37,7 @@ def main() -> None:
     source = DATASET / "source.json"
     # paper_table1: the paper's Table 1 figures for this dataset, shown next to what the filter kept.
     write_json(REPORT, {"dataset": name, **report, "paper_table1": entry.get("paper_table1"),
+                        "media": filtered_media(DATASET, filtered.items),
                         "source": read_json(source) if source.exists() else None})
     print(f"filter: {report['filtered']}", file=sys.stderr)
 

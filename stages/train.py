@@ -22,7 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from xreflect.config import load_params, strategy_sources
+from xreflect.config import load_params
+from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
 from xreflect.io import log_stderr, write_json, write_npz
 from xreflect.pipeline import MODELS_DIR, embedding_path, split_paths

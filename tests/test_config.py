@@ -1,7 +1,8 @@
 import pytest
 
 from xreflect.backends import create_backend
-from xreflect.config import ParamsError, dataset_entry, load_params, strategy_sources
+from xreflect.config import ParamsError, dataset_entry, load_params
+from xreflect.strategies import strategy_sources
 
 
 def test_unknown_dataset_names_key_and_allowed_values():

@@ -102,6 +102,7 @@ def test_train_and_evaluate_stages_report_both_protocols(tmp_path, monkeypatch):
                                {**SMALL, "lr": [0.01], "dropout": [0.1], "max_epochs": 5})
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params.update(dataset="demo", backbone="offline", datasets={"demo": {"split_ratio": [8, 1, 1]}},
+                  run=["popularity", "text_image"],
                   evaluate={"ks": [1, 10], "baseline": "popularity"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

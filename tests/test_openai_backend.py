@@ -178,7 +178,7 @@ def test_retry_delay_grows_with_jitter_and_honours_retry_after():
 # ---- the stage end to end: kill mid-run, resume, metric ----
 
 def stage_project(tmp_path: Path, base_url: str, n_items: int, concurrency: int) -> dict:
-    """A project directory with items, images and params for `stages/generate.py --prompt cot`."""
+    """A project directory with items, images and params for `python -m stages.generate --strategy cot`."""
     images = tmp_path / "data/dataset/images"
     images.mkdir(parents=True)
     items = []
@@ -192,14 +192,15 @@ def stage_project(tmp_path: Path, base_url: str, n_items: int, concurrency: int)
               "backbones": {"gpt4v": {"provider": "openai", "model": "vision-1", "max_tokens": 100,
                                       "concurrency": concurrency, "timeout_s": 5,
                                       "prices": {"vision-1": {"input": 2.5, "output": 10.0}}}},
-              "generate": {"max_failures": 0.0, "budget_usd_per_prompt": 1.0}}
+              "generate": {"max_failures": 0.0, "budget_usd_per_prompt": 1.0},
+              "strategies": {"cot": ["description", "cot"]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return {**os.environ, "OPENAI_BASE_URL": base_url, "XREFLECT_CACHE_DIR": str(tmp_path / ".cache"),
             "PYTHONPATH": str(REPO)}
 
 
 def run_stage(tmp_path: Path, env: dict, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "stages/generate.py"), "--prompt", "cot"],
+    return subprocess.Popen([sys.executable, "-m", "stages.generate", "--strategy", "cot"],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -228,9 +229,9 @@ def test_stage_killed_mid_run_resumes_and_reports_cost(tmp_path):
         assert third.wait(timeout=30) == 0
         third_log = third.stderr.read()
         assert len(server.chat_requests) - sent_before_kill == n - stored  # rerun: zero requests
-    records = [json.loads(line) for line in (tmp_path / "data/responses/cot.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "data/responses/cot/cot.jsonl").read_text().splitlines()]
     assert len(records) == n and not any(r["failed"] for r in records)
-    metric = json.loads((tmp_path / "metrics/generate/cot.json").read_text())
+    metric = json.loads((tmp_path / "metrics/generate/cot.json").read_text())["cot"]
     # every answer: 100 + 200 (one image) prompt tokens, 50 completion tokens at $2.5 / $10 per M:
     # (300 * 2.5 + 50 * 10) / 1e6 = $0.00125 each, $0.015 for 12
     assert metric["prompt_tokens"] == 300 * n and metric["completion_tokens"] == 50 * n

@@ -14,7 +14,8 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 import xreflect.training.grid as train_mod
-from xreflect.config import strategy_sources, train_section
+from xreflect.config import train_section
+from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split, candidates, make_split
 from xreflect.metrics import topk_metrics, torch_topk_metrics
 from xreflect.model import init_state

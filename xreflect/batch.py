@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     from xreflect.config import registry_entry, load_params
     from xreflect.data.contract import ITEMS_FILE, read_items
     from xreflect.generate import prompt_requests
+    from xreflect.image_guard import MissingImages
     from xreflect.pipeline import DATASET_DIR, FILTERED_DIR
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     directory, cache = batch_dir(), ResponseCache()
     try:
         if args.action in ("prepare", "submit", "run"):
-            requests = prompt_requests(args.prompt, params, read_items(FILTERED_DIR / ITEMS_FILE), DATASET_DIR)
+            try:  # the image guard: nothing is written or sent when too many items have no image
+                requests = prompt_requests(args.prompt, params, read_items(FILTERED_DIR / ITEMS_FILE), DATASET_DIR)
+            except MissingImages as err:
+                raise SystemExit(str(err)) from None
             path, state = write_batch(args.prompt, requests, backend, cache, directory)
             print(f"wrote {path}: {len(state['requests'])} requests not in the cache", file=sys.stderr)
             if args.action == "prepare" or not state["requests"]:

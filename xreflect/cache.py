@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -20,12 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from xreflect.backends.base import Request, Response
+from xreflect.pipeline import cache_dir
 
-CACHE_ENV = "XREFLECT_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, ".cache"))
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -6,8 +6,6 @@ from typing import Any
 
 import yaml
 
-from xreflect.prompts import BASE_SOURCES, PROMPTS
-
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -44,28 +42,18 @@ def dataset_entry(params: dict) -> tuple[str, dict]:
     return name, entry
 
 
-def strategy_sources(params: dict, strategy: str) -> list[str]:
-    """The embedding sources `strategy` concatenates, each checked against the known sources."""
+def run_strategies(params: dict) -> list[str]:
+    """The strategies `run` lists (the pipeline's train@ stages), each defined under `strategies`."""
+    run = params.get("run")
     strategies = params.get("strategies") or {}
-    if strategy not in strategies:
-        raise ParamsError(f"params.yaml: strategy {strategy!r} is not defined; allowed values are "
-                          f"{sorted(strategies)} (the keys of 'strategies')")
-    sources = strategies[strategy] or []
-    if not isinstance(sources, list):
-        raise ParamsError(f"params.yaml: strategies.{strategy} must be a list of embedding sources "
-                          f"(e.g. [description, image]) or [] for Item Popularity, got {sources!r}")
-    allowed = list(BASE_SOURCES) + sorted(PROMPTS)
-    for source in sources:
-        if source not in allowed:
-            raise ParamsError(f"params.yaml: strategies.{strategy} lists unknown source {source!r}; "
-                              f"allowed sources are {allowed}")
-    return list(sources)
-
-
-def prompt_spec(prompt_id: str):
-    if prompt_id not in PROMPTS:
-        raise ParamsError(f"unknown prompt {prompt_id!r}; allowed values are {sorted(PROMPTS)}")
-    return PROMPTS[prompt_id]
+    if not isinstance(run, list) or not run or len(set(run)) != len(run):
+        raise ParamsError(f"params.yaml: run must be a non-empty list of distinct strategy names, e.g. "
+                          f"-S 'run=[text,xreflect]'; got {run!r}")
+    unknown = [name for name in run if name not in strategies]
+    if unknown:
+        raise ParamsError(f"params.yaml: run lists {unknown[0]!r}, which is not defined under 'strategies'; "
+                          f"define it there (strategies.{unknown[0]}: [sources]) or use one of {sorted(strategies)}")
+    return list(run)
 
 
 def train_section(params: dict, paper_defaults: dict) -> tuple[dict, dict]:

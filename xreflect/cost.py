@@ -151,6 +151,7 @@ def estimate(params: Mapping[str, Any], prompt_ids: list[str], cache, expected_o
     from xreflect.config import registry_entry
     from xreflect.data.contract import ITEMS_FILE, read_items
     from xreflect.generate import prompt_requests
+    from xreflect.image_guard import MissingImages, items_without_image
     from xreflect.pipeline import DATASET_DIR, FILTERED_DIR
 
     name, backbone = registry_entry(dict(params), "backbone", "backbones")
@@ -160,12 +161,19 @@ def estimate(params: Mapping[str, Any], prompt_ids: list[str], cache, expected_o
     placeholder = "word " * expected_output_tokens
     rows = []
     for prompt_id in prompt_ids:
-        requests = prompt_requests(prompt_id, params, items, DATASET_DIR, placeholder=placeholder)
+        row = {"prompt": prompt_id, "requests": 0, "cached": 0, "calls": 0, "prompt_tokens": 0,
+               "completion_tokens": 0, "cost_usd": 0.0, "worst_case_usd": 0.0,
+               "without_image": len(items_without_image(prompt_id, items)), "blocked": None}
+        try:  # the image guard, exactly as the generate stage applies it
+            requests = prompt_requests(prompt_id, params, items, DATASET_DIR, placeholder=placeholder)
+        except MissingImages as err:
+            row.update(blocked=str(err), models=[])
+            rows.append(row)
+            continue
         identities = [backend.identity(request) for request in requests]
         keys = [request_key(request, identity) for request, identity in zip(requests, identities)]
         cached = cache.get_many(keys)
-        row = {"prompt": prompt_id, "requests": len(requests), "cached": len(cached), "calls": 0,
-               "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "worst_case_usd": 0.0}
+        row.update(requests=len(requests), cached=len(cached))
         for request, identity, key in zip(requests, identities, keys):
             if key in cached:
                 continue
@@ -219,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{'expected':>9} {'worst':>9}")
     for row in rows:
         flag = "  > budget" if budget is not None and row["worst_case_usd"] > float(budget) else ""
+        flag = "  BLOCKED: too many items without an image" if row["blocked"] else flag
         print(f"{row['prompt']:22} {row['requests']:8d} {row['cached']:7d} {row['calls']:6d} "
               f"{row['prompt_tokens']:9d} {row['completion_tokens']:9d} {row['cost_usd']:9.4f} "
               f"{row['worst_case_usd']:9.4f}{flag}")
@@ -229,6 +238,15 @@ def main(argv: list[str] | None = None) -> None:
     if discount != 1.0:
         print(f"with the Batch API (x{discount}): expected {total * discount:.4f}, worst {worst * discount:.4f}")
     print(f"budget per prompt stage (generate.budget_usd_per_prompt): {budget}")
+    without = [r for r in rows if r["without_image"] and not r["blocked"]]
+    if without:
+        print("answered by their description, no call (items without an image): "
+              + ", ".join(f"{r['prompt']} {r['without_image']}" for r in without))
+    blocked = [r for r in rows if r["blocked"]]
+    for row in blocked:
+        print(f"BLOCKED {row['blocked']}")
+    if blocked:
+        raise SystemExit(f"{len(blocked)} image prompt(s) would send nothing: see BLOCKED above")
 
 
 if __name__ == "__main__":

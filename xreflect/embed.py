@@ -37,7 +37,7 @@ class EmbeddingCache:
     def __init__(self, path=None):
         import sqlite3
 
-        from xreflect.cache import cache_dir
+        from xreflect.pipeline import cache_dir
 
         self.path = path or cache_dir() / "embeddings.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ cache's failure table and retried on the next run; the stage fails only when mor
 """
 from __future__ import annotations
 
-import mimetypes
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from xreflect.backends.base import Backend, GenerationError, Request
 from xreflect.cache import ResponseCache, request_key
 from xreflect.config import ParamsError, dataset_entry
 from xreflect.cost import Budget, BudgetExhausted, Prices, summarize_usage, worst_case_cost
-from xreflect.data.contract import Item
+from xreflect.data.contract import Item, read_image
+from xreflect.image_guard import check_image_coverage
 from xreflect.io import read_jsonl
-from xreflect.pipeline import check_declared_deps, response_path
+from xreflect.pipeline import RESPONSES_DIR
 from xreflect.prompts import PROMPTS, PromptSpec
 
 
@@ -35,16 +35,6 @@ class ParentText:
 
 class GenerationFailed(RuntimeError):
     pass
-
-
-def read_image(item: Item, dataset_dir: Path) -> tuple[bytes | None, str | None]:
-    path = item.image_path(dataset_dir)
-    if path is None:
-        return None, None
-    if not path.exists():
-        raise FileNotFoundError(f"item {item.item_id}: image file {path} is missing; rerun the "
-                                "download stage (dvc repro download) to restore it")
-    return path.read_bytes(), mimetypes.guess_type(path.name)[0] or "image/png"
 
 
 def build_requests(spec: PromptSpec, items: list[Item], dataset_dir: Path,
@@ -69,55 +59,102 @@ def parent_texts(path: Path) -> dict[str, ParentText]:
     return {r["item_id"]: ParentText(r["text"], r["key"]) for r in read_jsonl(path)}
 
 
-def _parent_file(source: str, placeholder: str | None) -> dict[str, ParentText] | None:
+def separate_inputs(params: Mapping) -> dict[str, str]:
+    """L_text and L_image of cross-reflection separate: {"r_text": source, "r_image": source}."""
+    chosen = (params.get("generate") or {}).get("separate_inputs") or {}
+    per_item = sorted(p for p in PROMPTS if PROMPTS[p].per_item)
+    for name in ("r_text", "r_image"):
+        source = chosen.get(name)
+        if not (source in per_item or (source == "description" and name == "r_text")):
+            raise ParamsError(f"params.yaml: generate.separate_inputs.{name}={source!r}; allowed "
+                              f"values are per-item prompt ids {per_item}"
+                              + (" or 'description'" if name == "r_text" else ""))
+    return {name: chosen[name] for name in ("r_text", "r_image")}
+
+
+def parent_prompts(prompt_id: str, params: Mapping) -> list[str]:
+    """The prompts whose responses `prompt_id` is built from."""
+    if prompt_id == "kar":
+        return ["kar_factors"]
+    if set(PROMPTS[prompt_id].parents) & {"r_text", "r_image"}:
+        return [s for s in separate_inputs(params).values() if s != "description"]
+    return []
+
+
+def prompts_for(sources: list[str], params: Mapping) -> list[str]:
+    """Every prompt a strategy's sources need, parents before children (each once)."""
+    order: list[str] = []
+
+    def visit(prompt_id: str) -> None:
+        for parent in parent_prompts(prompt_id, params):
+            visit(parent)
+        if prompt_id not in order:
+            order.append(prompt_id)
+
+    for source in sources:
+        if source in PROMPTS:
+            visit(source)
+    return order
+
+
+def _find_parent(source: str, responses_dir: Path | None) -> Path | None:
+    """A parent prompt's response file: in `responses_dir` (a strategy's, inside its stage), or in
+    any strategy's directory (dry runs and batch files, outside the pipeline)."""
+    if responses_dir is not None:
+        return responses_dir / f"{source}.jsonl"
+    return next(iter(sorted(RESPONSES_DIR.glob(f"*/{source}.jsonl"))), None)
+
+
+def _parent_file(source: str, placeholder: str | None, responses_dir: Path | None) -> dict[str, ParentText] | None:
     """A parent prompt's responses by item, or None (dry run) when they are not generated yet."""
-    path = response_path(source)
-    if placeholder is not None and not path.exists():
+    path = _find_parent(source, responses_dir)
+    if placeholder is not None and (path is None or not path.exists()):
         return None
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"{path or RESPONSES_DIR / '<strategy>' / (source + '.jsonl')}: the "
+                                f"responses of {source!r} are missing; generate them first (dvc repro)")
     return parent_texts(path)
 
 
 def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
-              placeholder: str | None = None) -> tuple[dict, dict]:
+              placeholder: str | None = None, responses_dir: Path | None = None) -> tuple[dict, dict]:
     """Dataset-level fields and per-item parent responses that `prompt_id` is built from.
 
-    `placeholder` is for estimates made before the parents exist (xreflect.cost): it stands in for
-    each missing parent response, so the prompt's length can be estimated; no request built from
-    it is ever sent (its parent key `placeholder:<field>` never matches a cache entry)."""
+    Parents are read from `responses_dir` (the strategy's, inside its generate stage) or, when it
+    is None, from whichever strategy generated them. `placeholder` is for estimates made before the
+    parents exist (xreflect.cost): it stands in for each missing parent response, so the prompt's
+    length can be estimated; no request built from it is ever sent (its parent key
+    `placeholder:<field>` never matches a cache entry)."""
     _, dataset = dataset_entry(dict(params))
     shared = {"item_kind": ParentText(str(dataset.get("item_kind", "an item")))}
     parents: dict[str, dict[str, ParentText]] = {}
     stand_in = lambda field: ParentText(placeholder or "", f"placeholder:{field}")  # noqa: E731
     if prompt_id == "kar":
-        path = response_path("kar_factors")
-        if placeholder is not None and not path.exists():
+        path = _find_parent("kar_factors", responses_dir)
+        if placeholder is not None and (path is None or not path.exists()):
             shared["factors"] = stand_in("factors")
         else:
             (factors,) = read_jsonl(path)
             shared["factors"] = ParentText(factors["factors"], factors["key"])
     if set(PROMPTS[prompt_id].parents) & {"r_text", "r_image"}:
-        chosen = (params.get("generate") or {}).get("separate_inputs") or {}
-        for name in ("r_text", "r_image"):
-            source = chosen.get(name)
-            if source == "description" and name == "r_text":
+        for name, source in separate_inputs(params).items():
+            if source == "description":
                 parents[name] = {item.item_id: ParentText(item.description) for item in items}
-            elif source in PROMPTS and PROMPTS[source].per_item:
-                found = _parent_file(source, placeholder)
-                parents[name] = found if found is not None else {i.item_id: stand_in(name) for i in items}
             else:
-                raise ParamsError(f"params.yaml: generate.separate_inputs.{name}={source!r}; allowed "
-                                  f"values are per-item prompt ids {sorted(p for p in PROMPTS if PROMPTS[p].per_item)}"
-                                  + (" or 'description'" if name == "r_text" else ""))
-            if source != "description":
-                check_declared_deps(f"generate_{prompt_id}", [response_path(source)])
+                found = _parent_file(source, placeholder, responses_dir)
+                parents[name] = found if found is not None else {i.item_id: stand_in(name) for i in items}
     return shared, parents
 
 
 def prompt_requests(prompt_id: str, params: Mapping, items: list[Item], dataset_dir: Path,
-                    placeholder: str | None = None) -> list[Request]:
-    """Every request of one prompt: one per item, or a single one for a dataset-level prompt."""
+                    placeholder: str | None = None, responses_dir: Path | None = None) -> list[Request]:
+    """Every request of one prompt: one per item, or a single one for a dataset-level prompt.
+    An image prompt first passes the image guard (xreflect.image_guard): it raises when too many
+    items have no image, and otherwise leaves those items out (they are answered without a call)."""
     spec = PROMPTS[prompt_id]
-    shared, parents = inputs_of(prompt_id, params, items, placeholder)
+    without_image = set(check_image_coverage(prompt_id, items, params))
+    items = [item for item in items if item.item_id not in without_image]
+    shared, parents = inputs_of(prompt_id, params, items, placeholder, responses_dir)
     if spec.per_item:
         return build_requests(spec, items, dataset_dir, shared, parents)
     fields = {name: shared[name].text for name in spec.fields}
@@ -225,3 +262,10 @@ def usage_metric(requests: list[Request], records: list[dict], backend: Backend,
             "this_run": {"cached": report.cached, "generated": report.generated,
                          "cost_usd": round(report.new_cost_usd, 6), "wall_s": report.wall_s,
                          "requests_sent": stats.get("requests_sent", 0), "retries": stats.get("retries", 0)}}
+
+
+def no_image_records(items: list[Item], item_ids: list[str]) -> list[dict]:
+    """The responses of an image prompt for items without an image: their own description, no call."""
+    wanted = set(item_ids)
+    return [{"item_id": item.item_id, "text": item.description, "key": None, "model": None, "failed": False,
+             "no_image": True} for item in items if item.item_id in wanted]

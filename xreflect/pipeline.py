@@ -6,6 +6,7 @@ interpolate a per-strategy list of files into `deps`, but it can a directory.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DATASET_DIR = Path("data/dataset")
@@ -14,6 +15,13 @@ SPLITS_DIR = Path("data/splits")
 RESPONSES_DIR = Path("data/responses")
 EMBEDDINGS_DIR = Path("data/embeddings")
 MODELS_DIR = Path("models")
+# Caches beside the pipeline, outside DVC's outs (DVC deletes a stage's outs before rerunning it):
+# LLM responses, text embeddings, finished grid points, batch files.
+CACHE_ENV = "XREFLECT_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, ".cache"))
 
 
 def response_path(strategy: str, prompt_id: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from xreflect.data.split import Split, candidates
+from xreflect.labels import LABELS
 from xreflect.metrics import topk_metrics
 
 
@@ -23,17 +24,6 @@ def aggregate(per_split: list[dict[str, float]]) -> dict[str, dict]:
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         out[name] = {"mean": float(values.mean()), "std": std, "per_split": values.tolist()}
     return out
-
-
-LABELS = {
-    "popularity": "Item Popularity (sampled candidates)",
-    "popularity_global": "Item Popularity (global top-K)",
-    "text": "Text", "kar": "KAR", "llm_rec": "LLM-Rec", "text_image": "Text + Image",
-    "rec_gpt4v": "Rec-GPT4V", "cot": "CoT", "visual_only": "Visual-only prompting",
-    "visual_textual": "Visual-textual prompting", "xr_separate": "Cross-reflection - separate",
-    "xr_combined": "Cross-reflection - combined", "xreflect": "X-REFLECT",
-    "xreflect_keyword": "X-REFLECT-keyword",
-}
 
 
 # Under full ranking Item Popularity ranks each user's unseen items: no sampled candidates to name.

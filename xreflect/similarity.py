@@ -35,7 +35,8 @@ def summarize(table: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     return out
 
 
-def scatter_png(table: dict[str, np.ndarray], labels: dict[str, str], path) -> None:
+def scatter_png(table: dict[str, np.ndarray] | None, labels: dict[str, str], path, note: str | None = None) -> None:
+    """One scatter per compared strategy; with no table, a figure that states `note` instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,6 +44,13 @@ def scatter_png(table: dict[str, np.ndarray], labels: dict[str, str], path) -> N
 
     from xreflect.io import atomic_path
 
+    if table is None:
+        fig = plt.figure(figsize=(6, 1.5))
+        fig.text(0.5, 0.5, f"Figure 3 {note}", ha="center", va="center", wrap=True)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        return
     names = [n for n in table if n != "reference"]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):

@@ -13,6 +13,7 @@ Everything downstream (filter, split, generate, embed) reads only this contract.
 """
 from __future__ import annotations
 
+import mimetypes
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +36,16 @@ class Item:
 
     def image_path(self, dataset_dir: str | Path) -> Path | None:
         return None if self.image is None else Path(dataset_dir) / self.image
+
+
+def read_image(item: Item, dataset_dir: Path) -> tuple[bytes | None, str | None]:
+    path = item.image_path(dataset_dir)
+    if path is None:
+        return None, None
+    if not path.exists():
+        raise FileNotFoundError(f"item {item.item_id}: image file {path} is missing; rerun the "
+                                "download stage (dvc repro download) to restore it")
+    return path.read_bytes(), mimetypes.guess_type(path.name)[0] or "image/png"
 
 
 def write_items(path: str | Path, items: list[Item]) -> None:

@@ -283,19 +283,24 @@ _url_locks: dict[str, threading.Lock] = {}
 _url_locks_guard = threading.Lock()
 
 
-def fetch_image(url: str, cache_dir: Path, settings: Settings) -> tuple[Path | None, str | None]:
-    """(cached file, None) or (None, why not). Permanent failures are remembered in the cache."""
+def fetch_image(url: str, cache_dir: Path, settings: Settings,
+                sha256: str | None = None) -> tuple[Path | None, str | None]:
+    """(cached file, None) or (None, why not). Permanent failures are remembered in the cache.
+    With `sha256` (a manifest's pin), bytes that differ count as a permanent failure."""
     key = url_key(url)
     with _url_locks_guard:  # two items may share an image URL: one download, one .part writer
         lock = _url_locks.setdefault(key, threading.Lock())
     with lock:
-        return _fetch_image(url, key, cache_dir, settings)
+        return _fetch_image(url, key, cache_dir, settings, sha256)
 
 
-def _fetch_image(url: str, key: str, cache_dir: Path, settings: Settings) -> tuple[Path | None, str | None]:
+def _fetch_image(url: str, key: str, cache_dir: Path, settings: Settings,
+                 sha256: str | None) -> tuple[Path | None, str | None]:
     cached, failed = cache_dir / key, cache_dir / f"{key}.failed"
     if cached.is_file():
-        return cached, None
+        if sha256 is None or file_digest(cached) == sha256.lower():
+            return cached, None
+        cached.unlink()  # cached before the pin changed: fetch again
     if failed.is_file():
         return None, failed.read_text(encoding="utf-8").strip()
     part = cache_dir / f"{key}.part"
@@ -314,6 +319,10 @@ def _fetch_image(url: str, key: str, cache_dir: Path, settings: Settings) -> tup
     except Exception as err:  # PIL raises several types for undecodable bytes
         part.unlink(missing_ok=True)
         return _remember_failure(failed, f"does not decode as an image ({type(err).__name__}: {err})")
+    if sha256 is not None and (got := file_digest(part)) != sha256.lower():
+        part.unlink(missing_ok=True)
+        return _remember_failure(failed, f"sha256 mismatch: the manifest pins {sha256.lower()}, the bytes "
+                                         f"received have {got}; the file was not used")
     os.replace(part, cached)
     return cached, None
 
@@ -325,9 +334,10 @@ def _remember_failure(marker: Path, reason: str) -> tuple[None, str]:
     return None, reason
 
 
-def fetch_images(candidates: Mapping[str, Sequence[str]], cache_dir: Path,
-                 settings: Settings) -> dict[str, ImageResult]:
-    """For each item, the first of its candidate URLs that yields a decodable image.
+def fetch_images(candidates: Mapping[str, Sequence[str]], cache_dir: Path, settings: Settings,
+                 digests: Mapping[str, str] | None = None) -> dict[str, ImageResult]:
+    """For each item, the first of its candidate URLs that yields a decodable image (with the
+    sha256 `digests` pins for that URL, if any).
 
     Runs `settings.workers` downloads at once; finished images stay in the cache if interrupted.
     """
@@ -336,19 +346,29 @@ def fetch_images(candidates: Mapping[str, Sequence[str]], cache_dir: Path,
     def first_usable(item_id: str, urls: Sequence[str]) -> ImageResult:
         result = ImageResult(item_id)
         for url in urls:
-            path, error = fetch_image(url, cache_dir, settings)
+            path, error = fetch_image(url, cache_dir, settings, (digests or {}).get(url))
             if path is not None:
                 result.path, result.url = path, url
                 return result
             result.errors.append(f"{url}: {error}")
         return result
 
+    cached = sum((cache_dir / url_key(urls[0])).is_file() for urls in candidates.values() if urls)
     results: dict[str, ImageResult] = {}
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=settings.workers)
+    try:
         futures = [pool.submit(first_usable, item_id, urls) for item_id, urls in candidates.items()]
         for future in _progress(as_completed(futures), len(futures), "images", settings.progress):
             result = future.result()
             results[result.item_id] = result
+    except BaseException:
+        # Interrupted (Ctrl-C, a failure): stop now instead of working through the queue. Finished
+        # images stay cached; a partial one is resumed or replaced by the next run.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    if settings.progress:
+        _stderr(f"images: {len(candidates)} items; for {cached} the first URL was cached by an earlier run")
     return {item_id: results[item_id] for item_id in candidates}
 
 

@@ -12,9 +12,11 @@ import csv
 import hashlib
 import io
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -58,10 +60,13 @@ def store_image(cached: Path, images_dir: Path) -> str:
 
 
 def attach_images(items: list[Item], candidates: Mapping[str, Sequence[str]], out_dir: Path,
-                  cache_dir: Path, settings: Settings, policy: str, name: str) -> tuple[list[Item], dict]:
-    """Fetch an image for each item in `candidates` (id -> URLs, best first), store it, and apply
-    `policy` to the candidates without one. Items not in `candidates` keep `image: null`."""
-    results = fetch_images(candidates, cache_dir, settings)
+                  cache_dir: Path, settings: Settings, policy: str, name: str,
+                  digests: Mapping[str, str] | None = None,
+                  no_url_reason: str = "no image URL") -> tuple[list[Item], dict]:
+    """Fetch an image for each item in `candidates` (id -> URLs, best first; `digests`: URL ->
+    pinned sha256), store it, and apply `policy` to the candidates without one. Items not in
+    `candidates` keep `image: null`."""
+    results = fetch_images(candidates, cache_dir, settings, digests)
     missing: list[tuple[str, str, str]] = []  # (item_id, url, reason)
     with_image: list[Item] = []
     for item in items:
@@ -72,7 +77,7 @@ def attach_images(items: list[Item], candidates: Mapping[str, Sequence[str]], ou
             with_image.append(replace(item, image=store_image(result.path, out_dir / IMAGES_DIR)))
         else:
             urls = candidates[item.item_id]
-            reason = "; ".join(result.errors) if result.errors else "no image URL"
+            reason = "; ".join(result.errors) if result.errors else no_url_reason
             missing.append((item.item_id, urls[-1] if urls else "", reason))
             with_image.append(item)
     write_text(out_dir / MISSING_FILE, _missing_csv(missing))
@@ -84,7 +89,10 @@ def attach_images(items: list[Item], candidates: Mapping[str, Sequence[str]], ou
             f"datasets.{name}.missing_image to 'text-only' (keep them without an image) or 'drop'.")
     dropped = {item_id for item_id, _, _ in missing} if policy == "drop" else set()
     kept = [item for item in with_image if item.item_id not in dropped]
+    # Which host answered, so that a poster table's share can be told from the template's.
+    hosts = Counter(urlparse(r.url).netloc or "local" for r in results.values() if r.path is not None)
     report = {"policy": policy, "attempted": len(candidates), "with_image": len(candidates) - len(missing),
+              "with_image_by_host": dict(sorted(hosts.items())),
               "without_image": len(missing), "dropped": len(dropped), "missing_list": MISSING_FILE,
               "missing_examples": examples}
     return kept, report

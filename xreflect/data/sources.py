@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xreflect.config import ParamsError
+from xreflect.data.contract import IMAGES_DIR
 
 SOURCES = {
     "demo": "xreflect.data.sources:prepare_demo",
@@ -30,6 +31,8 @@ def get_source(name: str, entry: dict[str, Any]) -> Callable[..., None]:
 
 def prepare_dataset(out_dir: Path, name: str, entry: dict[str, Any], params: dict[str, Any]) -> None:
     get_source(name, entry)(out_dir, name, entry, params)
+    # Stages declare images/ as a dependency: it must exist even when no item has an image.
+    (Path(out_dir) / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
 
 
 def prepare_demo(out_dir: Path, name: str, entry: dict[str, Any], params: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -12,6 +11,7 @@ import numpy as np
 
 from xreflect.io import write_npz
 from xreflect.model import State
+from xreflect.pipeline import cache_dir
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.results import PointResult
 
@@ -64,7 +64,7 @@ class DirectoryStore:
 
 
 def train_cache_root() -> Path:
-    return Path(os.environ.get("XREFLECT_CACHE_DIR", ".cache")) / "train"
+    return cache_dir() / "train"
 
 
 def file_sha256(path: str | Path) -> str:
