@@ -207,6 +207,7 @@ def test_a_subset_of_strategies_runs_exactly_those(project):
         f"{kind}@{s}" for kind in ("generate", "embed", "train") for s in ("text", "xreflect")}
     run("dvc", "repro", cwd=work, env=env)
     summary = json.loads((work / "metrics/summary.json").read_text())
-    assert set(summary) == {"text", "xreflect"}
+    assert set(summary) == {"text", "xreflect", "full_ranking"}
+    assert set(summary["full_ranking"]) == {"text", "xreflect"}
     similarity = json.loads((work / "metrics/similarity.json").read_text())
     assert similarity["left_out"] == ["visual_only", "llm_rec", "cot"]  # no strategy in run embeds them
