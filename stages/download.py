@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 
+from xreflect.cli import run_stage
 from xreflect.config import dataset_entry, load_params
 from xreflect.data.sources import prepare_dataset
 
@@ -30,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from xreflect.cli import run_stage
 from xreflect.config import load_params
 from xreflect.strategies import strategy_sources
 from xreflect.data.contract import ITEMS_FILE, read_image, read_items
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

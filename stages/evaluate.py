@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from xreflect.cli import run_stage
 from xreflect.config import ParamsError, dataset_entry, load_params, run_strategies
 from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
@@ -96,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from xreflect.cli import run_stage
 from xreflect.config import dataset_entry, load_params
 from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, read_interactions, read_items, write_items
 from xreflect.data.filtering import filter_dataset
@@ -43,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -17,15 +17,17 @@ from pathlib import Path
 
 from xreflect.backends import create_backend
 from xreflect.cache import ResponseCache
+from xreflect.cli import run_stage
 from xreflect.config import load_params, registry_entry
 from xreflect.strategies import strategy_sources
-from xreflect.cost import Budget, Prices
+from xreflect.cost import Prices, stage_budget
 from xreflect.data.contract import ITEMS_FILE, Item, read_items
 from xreflect.generate import RunReport, no_image_records, prompt_requests, prompts_for, run_requests, usage_metric
 from xreflect.image_guard import MissingImages, check_image_coverage, items_without_image
 from xreflect.io import log_stderr, read_jsonl, write_json, write_jsonl
 from xreflect.pipeline import DATASET_DIR, FILTERED_DIR, RESPONSES_DIR
 from xreflect.prompts import PROMPTS, parse_factor_list
+from xreflect.validate import validate_params
 
 METRICS_DIR = Path("metrics/generate")
 # Released KAR knowledge (the paper used the KAR authors' texts for MovieLens-1M); the download
@@ -40,8 +42,18 @@ def released_kar_knowledge(item_ids: list[str]) -> dict[str, str]:
     return {r["item_id"]: r["knowledge"] for r in read_jsonl(KAR_KNOWLEDGE) if r["item_id"] in wanted}
 
 
-def generate_prompt(prompt_id: str, params: dict, items: list[Item], out_dir: Path, backend, cache,
-                    prices: Prices) -> dict:
+def failed_items_notice(strategy: str, prompt_id: str, records: list[dict], settings: dict) -> str:
+    """The tolerated failures are pending work: DVC sees the stage as up to date, so say how to retry."""
+    failed = [r["item_id"] for r in records if r["failed"]]
+    return (f"[{prompt_id}] PENDING: {len(failed)} of {len(records)} items failed (allowed by "
+            f"generate.max_failures={settings.get('max_failures', 0.0)}) and use their description "
+            f"instead of an answer, e.g. items {failed[:5]}; the reasons are in the response cache's "
+            f"failure table. `dvc status` shows this stage as up to date: to retry only these items, run "
+            f"`dvc repro -s -f generate@{strategy}` (cached answers are reused), then `dvc repro`.")
+
+
+def generate_prompt(strategy: str, prompt_id: str, params: dict, items: list[Item], out_dir: Path, backend,
+                    cache, prices: Prices) -> dict:
     """Answer one prompt for every item into out_dir/<prompt>.jsonl; return its usage metric."""
     settings = params.get("generate") or {}
     released = released_kar_knowledge([item.item_id for item in items]) if prompt_id == "kar" else {}
@@ -55,7 +67,7 @@ def generate_prompt(prompt_id: str, params: dict, items: list[Item], out_dir: Pa
         log_stderr(f"[{prompt_id}] {len(without_image)} of {len(items)} items have no image: no request for them, "
                    f"their description is their response ({', '.join(without_image[:10])}"
                    f"{', ...' if len(without_image) > 10 else ''})")
-    budget = Budget(settings.get("budget_usd_per_prompt"), prices)
+    budget = stage_budget(params, backend, requests, cache)
     report = RunReport()
     max_failures = float(settings.get("max_failures", 0.0)) if PROMPTS[prompt_id].per_item else 0.0
     records = run_requests(requests, backend, cache, max_failures, label=prompt_id, budget=budget, report=report)
@@ -73,6 +85,8 @@ def generate_prompt(prompt_id: str, params: dict, items: list[Item], out_dir: Pa
     # What this run did (cached vs generated, wall time) changes on every rerun: it goes to the log,
     # not into the metric, so `dvc metrics diff` shows only changes in what the outputs cost.
     log_stderr(f"[{prompt_id}] this run: {metric.pop('this_run')}")
+    if metric["failed"]:
+        log_stderr(failed_items_notice(strategy, prompt_id, records, settings))
     return metric
 
 
@@ -81,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategy", required=True)
     strategy = parser.parse_args(argv).strategy
     params = load_params()
+    validate_params(params)  # every -S typo fails here, before a download is used or a request is paid
     prompts = prompts_for(strategy_sources(params, strategy), params)
     out_dir = RESPONSES_DIR / strategy
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         cache = ResponseCache()
         try:
             for prompt_id in prompts:
-                metrics[prompt_id] = generate_prompt(prompt_id, params, items, out_dir, backend, cache,
-                                                     Prices.from_config(backbone))
+                metrics[prompt_id] = generate_prompt(strategy, prompt_id, params, items, out_dir, backend,
+                                                     cache, Prices.from_config(backbone))
         finally:
             backend.close()
             cache.close()
@@ -111,4 +126,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from xreflect.cli import run_stage
 from xreflect.config import load_params, run_strategies
 from xreflect.data.contract import ITEMS_FILE, read_items
 from xreflect.io import atomic_path, log_stderr, write_json
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xreflect.cli import run_stage
 from xreflect.config import ParamsError, dataset_entry, load_params
 from xreflect.data.split import PAD, make_split
 from xreflect.io import write_json
@@ -42,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

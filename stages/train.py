@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from xreflect.cli import run_stage
 from xreflect.config import load_params
 from xreflect.strategies import strategy_sources
 from xreflect.data.split import Split
@@ -70,4 +71,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

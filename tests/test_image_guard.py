@@ -68,6 +68,8 @@ def project(tmp_path: Path, n: int, without: set[int], backbone: str, max_missin
         records.append(vars(item))
     (tmp_path / "data/filtered").mkdir(parents=True, exist_ok=True)
     (tmp_path / "data/filtered/items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "metrics").mkdir(exist_ok=True)  # the filter stage's report says which dataset it holds
+    (tmp_path / "metrics/data.json").write_text(json.dumps({"dataset": "demo"}))
     params = {"dataset": "demo", "backbone": backbone,
               "datasets": {"demo": {"item_kind": "a poster", "split_ratio": [8, 1, 1]}},
               "backbones": {"offline": {"provider": "offline"},
@@ -83,7 +85,7 @@ def project(tmp_path: Path, n: int, without: set[int], backbone: str, max_missin
 def generate(tmp_path: Path, env: dict, prompt: str) -> subprocess.CompletedProcess:
     """The generate stage of a strategy `prompt` whose one source is that prompt."""
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["strategies"] = {prompt: ["description", prompt]}
+    params["strategies"], params["run"] = {prompt: ["description", prompt]}, [prompt]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return subprocess.run([sys.executable, "-m", "stages.generate", "--strategy", prompt], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=60)
@@ -150,7 +152,7 @@ def test_cost_dry_run_applies_the_guard(tmp_path, monkeypatch, capsys):
     params["generate"]["max_missing_images"] = 0.05
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cost.main(["--prompt", "visual_only", "--json"])
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
     # 38 calls: the two items without an image are answered from their description, for free.
     assert (row["requests"], row["calls"], row["without_image"], row["blocked"]) == (38, 38, 2, None)
 

@@ -23,6 +23,7 @@ from xreflect import batch
 from xreflect.backends.base import GenerationError, Request
 from xreflect.backends.openai_backend import OpenAIBackend
 from xreflect.backends.retry import FatalBackendError, RetryPolicy, parse_retry_after
+from tests.fixtures.stage_items import write_image_items
 from xreflect.cache import ResponseCache
 from xreflect.cost import Budget, BudgetExhausted, Prices, estimate_prompt_tokens
 from xreflect.generate import GenerationFailed, RunReport, run_requests
@@ -179,21 +180,14 @@ def test_retry_delay_grows_with_jitter_and_honours_retry_after():
 
 def stage_project(tmp_path: Path, base_url: str, n_items: int, concurrency: int) -> dict:
     """A project directory with items, images and params for `python -m stages.generate --strategy cot`."""
-    images = tmp_path / "data/dataset/images"
-    images.mkdir(parents=True)
-    items = []
-    for k in range(n_items):
-        (images / f"{k}.png").write_bytes(png(k))
-        items.append({"item_id": str(k), "title": f"T{k}", "description": f"item {k}", "image": f"images/{k}.png"})
-    (tmp_path / "data/filtered").mkdir(parents=True)
-    (tmp_path / "data/filtered/items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    write_image_items(tmp_path, [png(k) for k in range(n_items)])
     params = {"dataset": "demo", "backbone": "gpt4v",
               "datasets": {"demo": {"item_kind": "a poster", "split_ratio": [8, 1, 1]}},
               "backbones": {"gpt4v": {"provider": "openai", "model": "vision-1", "max_tokens": 100,
                                       "concurrency": concurrency, "timeout_s": 5,
                                       "prices": {"vision-1": {"input": 2.5, "output": 10.0}}}},
               "generate": {"max_failures": 0.0, "budget_usd_per_prompt": 1.0},
-              "strategies": {"cot": ["description", "cot"]}}
+              "strategies": {"cot": ["description", "cot"]}, "run": ["cot"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return {**os.environ, "OPENAI_BASE_URL": base_url, "XREFLECT_CACHE_DIR": str(tmp_path / ".cache"),
             "PYTHONPATH": str(REPO)}

@@ -12,6 +12,12 @@ so the normal stage (`dvc repro` / `dvc exp run`) then finds every answer cached
     python -m xreflect.batch run     --prompt cot          # all four, waiting in between
     python -m xreflect.batch merge   --prompt cot --results out.jsonl   # from `vllm run-batch -o out.jsonl`
 
+Submitting never pays twice: the state file (.cache/batches/<prompt>.state.json) and the batch's
+metadata on the server carry an id of the request set (a hash of its cache keys). `submit` or `run`
+for a request set that already has a pending or completed, not yet merged batch resumes that batch
+instead of creating another, and refuses (naming the batch) to submit a different set while one is
+still pending; `--force` submits anyway. Answers merged from a batch are priced at the batch price.
+
 The same input file works with vLLM's offline batch runner:
     vllm run-batch -i .cache/batches/cot.jsonl -o out.jsonl --model <backbones.<name>.model>
 
@@ -21,6 +27,8 @@ parents' response files: run the parents' batches, `dvc repro generate_<parent>`
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -31,9 +39,22 @@ from xreflect.backends import create_backend
 from xreflect.backends.base import GenerationError, Request
 from xreflect.backends.openai_backend import OpenAIBackend, chat_body, response_from_body
 from xreflect.cache import ResponseCache, cache_dir, request_key
-from xreflect.cost import Budget, Prices, worst_case_cost
+from xreflect.cost import BudgetExhausted, Prices, ledger_scope, stage_budget, worst_case_cost
+from xreflect.errors import EXIT_SERVER, StopRun
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+# A batch in one of these states is billed (or will be) and its answers are not merged yet.
+LIVE = {"submitted", "validating", "in_progress", "finalizing", "completed"}
+
+
+def request_set_id(keys) -> str:
+    """Names a set of requests (their cache keys), whatever their order."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8")).hexdigest()[:16]
+
+
+class BatchConflict(StopRun):
+    """A different batch for this prompt is still pending: submitting now could pay twice."""
+    exit_code = EXIT_SERVER
 
 
 def batch_dir() -> Path:
@@ -54,18 +75,39 @@ def batch_lines(requests: list[Request], backend: OpenAIBackend, cache: Response
 
 
 def write_batch(prompt_id: str, requests: list[Request], backend: OpenAIBackend,
-                cache: ResponseCache, directory: Path) -> tuple[Path, dict]:
-    """Write <prompt>.jsonl and its state file (which request each custom_id stands for)."""
+                cache: ResponseCache, directory: Path, force: bool = False) -> tuple[Path, dict]:
+    """Write <prompt>.jsonl and its state file (which request each custom_id stands for).
+
+    A batch already submitted for the same request set stays in the state (it is resumed, not
+    resubmitted); while one for another set is still pending this refuses, unless `force`."""
     lines = batch_lines(requests, backend, cache)
     by_key = {request_key(r, backend.identity(r)): r for r in requests}
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{prompt_id}.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    state = {"prompt": prompt_id, "input": str(path), "batch_id": None, "status": "prepared",
+    state = {"prompt": prompt_id, "input": str(directory / f"{prompt_id}.jsonl"), "batch_id": None,
+             "status": "prepared", "request_set": request_set_id(line["custom_id"] for line in lines),
              "requests": {line["custom_id"]: [by_key[line["custom_id"]].template_id,
                                               by_key[line["custom_id"]].item_id] for line in lines}}
+    earlier = _existing_state(directory, prompt_id)
+    if earlier and earlier.get("batch_id") and earlier.get("status") in LIVE:
+        if earlier.get("request_set") == state["request_set"]:
+            state.update(batch_id=earlier["batch_id"], status=earlier["status"])
+        elif not force:
+            raise BatchConflict(
+                f"batch {earlier['batch_id']} for prompt {prompt_id!r} ({len(earlier['requests'])} requests) is "
+                f"{earlier['status']} and not merged yet; submitting the {len(lines)} requests missing now "
+                "would pay again for those in both. Finish it first (`python -m xreflect.batch poll "
+                f"--prompt {prompt_id} --wait`, then `merge`), or pass --force to submit anyway.")
+        else:
+            state["abandoned"] = earlier.get("abandoned", []) + [earlier["batch_id"]]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = Path(state["input"])
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     save_state(directory, prompt_id, state)
     return path, state
+
+
+def _existing_state(directory: Path, prompt_id: str) -> dict | None:
+    path = directory / f"{prompt_id}.state.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def save_state(directory: Path, prompt_id: str, state: dict) -> None:
@@ -85,8 +127,26 @@ def submit(client, state: dict) -> str:
     with open(state["input"], "rb") as handle:
         uploaded = client.files.create(file=handle, purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h", metadata={"prompt": state["prompt"]})
+                                  completion_window="24h",
+                                  metadata={"prompt": state["prompt"], "request_set": state["request_set"]})
     return batch.id
+
+
+def find_submitted(client, state: dict) -> Any | None:
+    """A batch on the server for the same prompt and request set that is pending or completed
+    (its id may be missing locally: a crash between creating it and saving the state)."""
+    try:
+        listed = client.batches.list(limit=100)
+    except Exception as error:  # noqa: BLE001 - a server without a batch list (vLLM) has nothing to find
+        print(f"could not list the server's batches ({type(error).__name__}); relying on the local state",
+              file=sys.stderr)
+        return None
+    for batch in getattr(listed, "data", None) or []:
+        metadata = batch.metadata or {}
+        if (metadata.get("prompt") == state["prompt"] and metadata.get("request_set") == state["request_set"]
+                and batch.status in LIVE):
+            return batch
+    return None
 
 
 def poll(client, batch_id: str, wait: bool, interval_s: float = 30.0) -> Any:
@@ -109,8 +169,11 @@ def download(client, batch) -> list[str]:
     return lines
 
 
-def merge_results(lines: Iterable[str], state: Mapping, cache: ResponseCache) -> tuple[int, int]:
+def merge_results(lines: Iterable[str], state: Mapping, cache: ResponseCache, prices: Prices | None = None,
+                  scope: str | None = None) -> tuple[int, int]:
     """Store each answer under its custom_id (= cache key); record failures. Returns (stored, failed).
+    With `prices` and `scope`, what each answer cost (at the batch price) goes into the spending
+    ledger of the whole-run budget.
 
     Reads both the OpenAI format and `vllm run-batch` output (the same line shape)."""
     stored = failed = 0
@@ -128,7 +191,12 @@ def merge_results(lines: Iterable[str], state: Mapping, cache: ResponseCache) ->
         error = result.get("error")
         if error is None and response.get("status_code") == 200:
             try:
-                cache.put(key, request, response_from_body(response["body"]))
+                answer = response_from_body(response["body"])
+                # marked so that the usage metric and the budget price it at the batch price
+                answer = dataclasses.replace(answer, usage={**answer.usage, "batch": 1})
+                cache.put(key, request, answer)
+                if prices is not None and scope and prices.cost_of_usage(answer.model, answer.usage):
+                    cache.record_spend(scope, template_id, prices.cost_of_usage(answer.model, answer.usage))
                 stored += 1
                 continue
             except GenerationError as problem:
@@ -144,16 +212,16 @@ def _client(backend: OpenAIBackend):
 
 
 def _check_budget(state: dict, requests: list[Request], backend: OpenAIBackend,
-                  backbone: Mapping, settings: Mapping) -> None:
-    prices = Prices.from_config(backbone)
+                  params: Mapping, cache: ResponseCache) -> None:
+    """Refuse to submit a batch whose worst case (at the batch price) could break either budget."""
     keys = set(state["requests"])
-    worst = sum(worst_case_cost(r, backend.identity(r), prices) for r in requests
-                if request_key(r, backend.identity(r)) in keys)
-    worst *= float(backbone.get("batch_discount", 1.0))
-    budget = Budget(settings.get("budget_usd_per_prompt"), prices)
-    if budget.limit_usd is not None and worst > budget.limit_usd:
-        raise SystemExit(f"batch for {state['prompt']!r} could cost up to ${worst:.4f}, over "
-                         f"generate.budget_usd_per_prompt=${budget.limit_usd:.2f}; raise it to submit")
+    chosen = [r for r in requests if request_key(r, backend.identity(r)) in keys]
+    budget = stage_budget(params, backend, chosen, cache)
+    worst = sum(worst_case_cost(r, backend.identity(r), budget.prices) for r in chosen)
+    worst *= budget.prices.batch_discount
+    if budget.affordable([worst]) == 0:
+        raise BudgetExhausted(f"batch for {state['prompt']!r} could cost up to ${worst:.4f} at the batch "
+                              f"price, more than is left under {budget.reached()}; raise that budget to submit")
     print(f"batch {state['prompt']}: {len(keys)} requests, worst case ${worst:.4f}", file=sys.stderr)
 
 
@@ -171,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between polls")
     parser.add_argument("--results", help="merge: a local results file (vllm run-batch -o)")
     parser.add_argument("--backbone", help="use this backbone instead of params' `backbone`")
+    parser.add_argument("--force", action="store_true",
+                        help="submit/run: submit a new batch even though one for these requests is pending")
     args = parser.parse_args(argv)
     params = load_params()
     params["backbone"] = args.backbone or params.get("backbone")
@@ -186,14 +256,25 @@ def main(argv: list[str] | None = None) -> None:
                 requests = prompt_requests(args.prompt, params, read_items(FILTERED_DIR / ITEMS_FILE), DATASET_DIR)
             except MissingImages as err:
                 raise SystemExit(str(err)) from None
-            path, state = write_batch(args.prompt, requests, backend, cache, directory)
+            path, state = write_batch(args.prompt, requests, backend, cache, directory, args.force)
             print(f"wrote {path}: {len(state['requests'])} requests not in the cache", file=sys.stderr)
             if args.action == "prepare" or not state["requests"]:
                 return
-            _check_budget(state, requests, backend, backbone, params.get("generate") or {})
-            state.update(batch_id=submit(_client(backend), state), status="submitted")
+            if args.force and state["batch_id"]:  # a deliberate resubmit: keep the earlier id on record
+                state.update(abandoned=state.get("abandoned", []) + [state["batch_id"]], batch_id=None)
+            elif not state["batch_id"]:
+                found = find_submitted(_client(backend), state)
+                if found is not None:
+                    state.update(batch_id=found.id, status=found.status)
+            if state["batch_id"]:
+                print(f"batch {state['batch_id']} for these {len(state['requests'])} requests is already "
+                      f"{state['status']}: resuming it, not submitting again (--force submits a new one)",
+                      file=sys.stderr)
+            else:
+                _check_budget(state, requests, backend, params, cache)
+                state.update(batch_id=submit(_client(backend), state), status="submitted")
+                print(f"submitted batch {state['batch_id']}", file=sys.stderr)
             save_state(directory, args.prompt, state)
-            print(f"submitted batch {state['batch_id']}", file=sys.stderr)
             if args.action == "submit":
                 return
         state = load_state(directory, args.prompt)
@@ -210,7 +291,9 @@ def main(argv: list[str] | None = None) -> None:
             if batch.status != "completed":
                 raise SystemExit(f"batch {state['batch_id']} is {batch.status}; merge when it is completed")
             lines = download(_client(backend), batch)
-        stored, failed = merge_results(lines, state, cache)
+        stored, failed = merge_results(lines, state, cache, Prices.from_config(backbone), ledger_scope(params))
+        state["status"] = "merged"
+        save_state(directory, args.prompt, state)
         print(f"merged into the cache: {stored} answers, {failed} failures (retried by the stage)",
               file=sys.stderr)
     finally:
@@ -219,4 +302,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from xreflect.cli import run_stage
+
+    run_stage(main, "batch")

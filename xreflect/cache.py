@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY, template_id TEXT, item_id TEXT, error TEXT, attempts INTEGER,
     updated_at REAL);
+CREATE TABLE IF NOT EXISTS spending (
+    scope TEXT, template_id TEXT, usd REAL, at REAL);
 """
 
 
@@ -102,6 +104,14 @@ class ResponseCache:
         rows = self._db.execute(query + (" WHERE template_id = ?" if template_id else ""),
                                 (template_id,) if template_id else ())
         return [dict(zip(("key", "template_id", "item_id", "error", "attempts"), row)) for row in rows]
+
+    # ---- what new answers cost, for the whole-run budget (xreflect.cost); one row per paid answer ----
+    def record_spend(self, scope: str, template_id: str, usd: float) -> None:
+        self._db.execute("INSERT INTO spending VALUES (?, ?, ?, ?)", (scope, template_id, usd, time.time()))
+
+    def spent_usd(self, scope: str) -> float:
+        return float(self._db.execute("SELECT COALESCE(SUM(usd), 0) FROM spending WHERE scope = ?",
+                                      (scope,)).fetchone()[0])
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

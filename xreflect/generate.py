@@ -15,15 +15,17 @@ from typing import Mapping
 
 from tqdm import tqdm
 
-from xreflect.backends.base import Backend, GenerationError, Request
+from xreflect.backends.base import Backend, GenerationError, NotSent, Request
 from xreflect.cache import ResponseCache, request_key
 from xreflect.config import ParamsError, dataset_entry
 from xreflect.cost import Budget, BudgetExhausted, Prices, summarize_usage, worst_case_cost
 from xreflect.data.contract import Item, read_image
+from xreflect.errors import EXIT_FAILURES, StopRun
 from xreflect.image_guard import check_image_coverage
 from xreflect.io import read_jsonl
 from xreflect.pipeline import RESPONSES_DIR
 from xreflect.prompts import PROMPTS, PromptSpec
+from xreflect.throughput import Throughput
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,9 @@ class ParentText:
     key: str | None = None
 
 
-class GenerationFailed(RuntimeError):
-    pass
+class GenerationFailed(StopRun):
+    """More items failed than generate.max_failures allows."""
+    exit_code = EXIT_FAILURES
 
 
 def build_requests(spec: PromptSpec, items: list[Item], dataset_dir: Path,
@@ -105,10 +108,11 @@ def _find_parent(source: str, responses_dir: Path | None) -> Path | None:
     return next(iter(sorted(RESPONSES_DIR.glob(f"*/{source}.jsonl"))), None)
 
 
-def _parent_file(source: str, placeholder: str | None, responses_dir: Path | None) -> dict[str, ParentText] | None:
+def _parent_file(source: str, placeholder: str | None, responses_dir: Path | None,
+                 fresh: bool = False) -> dict[str, ParentText] | None:
     """A parent prompt's responses by item, or None (dry run) when they are not generated yet."""
     path = _find_parent(source, responses_dir)
-    if placeholder is not None and (path is None or not path.exists()):
+    if placeholder is not None and (fresh or path is None or not path.exists()):
         return None
     if path is None or not path.exists():
         raise FileNotFoundError(f"{path or RESPONSES_DIR / '<strategy>' / (source + '.jsonl')}: the "
@@ -117,21 +121,23 @@ def _parent_file(source: str, placeholder: str | None, responses_dir: Path | Non
 
 
 def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
-              placeholder: str | None = None, responses_dir: Path | None = None) -> tuple[dict, dict]:
+              placeholder: str | None = None, responses_dir: Path | None = None,
+              fresh: bool = False) -> tuple[dict, dict]:
     """Dataset-level fields and per-item parent responses that `prompt_id` is built from.
 
     Parents are read from `responses_dir` (the strategy's, inside its generate stage) or, when it
     is None, from whichever strategy generated them. `placeholder` is for estimates made before the
     parents exist (xreflect.cost): it stands in for each missing parent response, so the prompt's
     length can be estimated; no request built from it is ever sent (its parent key
-    `placeholder:<field>` never matches a cache entry)."""
+    `placeholder:<field>` never matches a cache entry). `fresh` stands it in for every parent (an
+    estimate for a dataset not generated yet)."""
     _, dataset = dataset_entry(dict(params))
     shared = {"item_kind": ParentText(str(dataset.get("item_kind", "an item")))}
     parents: dict[str, dict[str, ParentText]] = {}
     stand_in = lambda field: ParentText(placeholder or "", f"placeholder:{field}")  # noqa: E731
     if prompt_id == "kar":
         path = _find_parent("kar_factors", responses_dir)
-        if placeholder is not None and (path is None or not path.exists()):
+        if placeholder is not None and (fresh or path is None or not path.exists()):
             shared["factors"] = stand_in("factors")
         else:
             (factors,) = read_jsonl(path)
@@ -147,14 +153,15 @@ def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
 
 
 def prompt_requests(prompt_id: str, params: Mapping, items: list[Item], dataset_dir: Path,
-                    placeholder: str | None = None, responses_dir: Path | None = None) -> list[Request]:
+                    placeholder: str | None = None, responses_dir: Path | None = None,
+                    fresh: bool = False) -> list[Request]:
     """Every request of one prompt: one per item, or a single one for a dataset-level prompt.
     An image prompt first passes the image guard (xreflect.image_guard): it raises when too many
     items have no image, and otherwise leaves those items out (they are answered without a call)."""
     spec = PROMPTS[prompt_id]
     without_image = set(check_image_coverage(prompt_id, items, params))
     items = [item for item in items if item.item_id not in without_image]
-    shared, parents = inputs_of(prompt_id, params, items, placeholder, responses_dir)
+    shared, parents = inputs_of(prompt_id, params, items, placeholder, responses_dir, fresh)
     if spec.per_item:
         return build_requests(spec, items, dataset_dir, shared, parents)
     fields = {name: shared[name].text for name in spec.fields}
@@ -171,24 +178,32 @@ class RunReport:
     new_cost_usd: float = 0.0   # actual cost of the answers received in this run
     wall_s: float = 0.0
     backend_stats: dict = field(default_factory=dict)
+    throughput: dict = field(default_factory=dict)  # requests/s and tokens/s of the answers received
 
 
 def _generate_into_cache(indices: list[int], requests: list[Request], keys: list[str],
                          backend: Backend, cache: ResponseCache, budget: Budget | None,
-                         report: RunReport, errors: dict[int, str], bar: tqdm) -> None:
+                         report: RunReport, errors: dict[int, str], bar: tqdm,
+                         meter: Throughput) -> None:
     """Send `requests[indices]` to the backend, storing each answer (or failure) as it arrives."""
     todo = [requests[i] for i in indices]
     for local_index, outcome in backend.generate(todo):
         index = indices[local_index]
         if isinstance(outcome, GenerationError):
             errors[index] = str(outcome)
+            if isinstance(outcome, NotSent):  # never sent: nothing failed, nothing to record or count
+                continue
             cache.record_failure(keys[index], requests[index], str(outcome))
         else:
             cache.put(keys[index], requests[index], outcome)
             report.generated += 1
+            meter.add(outcome.usage, outcome.latency_s)
+            bar.set_postfix_str(meter.summary(), refresh=False)
             if budget is not None:
-                report.new_cost_usd += budget.charge(backend.identity(requests[index]).get("model"),
-                                                     outcome.usage)
+                cost = budget.charge(backend.identity(requests[index]).get("model"), outcome.usage)
+                report.new_cost_usd += cost
+                if budget.scope and cost:
+                    cache.record_spend(budget.scope, requests[index].template_id, cost)
         bar.update(1)
 
 
@@ -215,19 +230,20 @@ def run_requests(requests: list[Request], backend: Backend, cache: ResponseCache
         worst = ([worst_case_cost(requests[i], backend.identity(requests[i]), budget.prices) for i in misses]
                  if budget is not None else [0.0] * len(misses))
         pending = list(range(len(misses)))
+        meter = Throughput()
         with tqdm(total=len(misses), desc=label or "generate", unit="item", file=sys.stderr) as bar:
             while pending:
                 count = budget.affordable(worst[p] for p in pending) if budget is not None else len(pending)
                 if count == 0:
                     raise BudgetExhausted(
-                        f"[{label}] budget reached: spent ${budget.spent_usd:.4f} of "
-                        f"${budget.limit_usd:.2f} (generate.budget_usd_per_prompt) on {report.generated} new "
-                        f"answers, which are cached; {len(pending)} requests not sent (up to "
+                        f"[{label}] budget reached: {budget.reached()}. {report.generated} new answers "
+                        f"are cached; {len(pending)} requests not sent (up to "
                         f"${sum(worst[p] for p in pending):.4f} more). Check `python -m xreflect.cost`, "
-                        "raise the budget and rerun.")
+                        "raise that budget in params.yaml and rerun.")
                 chunk, pending = pending[:count], pending[count:]
                 _generate_into_cache([misses[p] for p in chunk], requests, keys, backend, cache,
-                                     budget, report, errors, bar)
+                                     budget, report, errors, bar, meter)
+        report.throughput = meter.rates()
         cached.update(cache.get_many(keys[i] for i in misses if i not in errors))
     report.failed = len(errors)
     report.wall_s = round(time.monotonic() - started, 3)
@@ -258,10 +274,12 @@ def usage_metric(requests: list[Request], records: list[dict], backend: Backend,
     totals = summarize_usage((backend.identity(request).get("model") for request, _ in answered),
                              (hits[record["key"]].usage for _, record in answered), prices)
     stats = report.backend_stats
-    return {"backbone": backend.name, "responses": len(answered), "failed": report.failed, **totals,
+    return {"backbone": backend.name, **backend.metric_fields(), "responses": len(answered),
+            "failed": report.failed, **totals,
             "this_run": {"cached": report.cached, "generated": report.generated,
                          "cost_usd": round(report.new_cost_usd, 6), "wall_s": report.wall_s,
-                         "requests_sent": stats.get("requests_sent", 0), "retries": stats.get("retries", 0)}}
+                         "requests_sent": stats.get("requests_sent", 0), "retries": stats.get("retries", 0),
+                         **report.throughput}}
 
 
 def no_image_records(items: list[Item], item_ids: list[str]) -> list[dict]:

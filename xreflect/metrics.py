@@ -10,9 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-METRIC_NAMES = ("precision", "recall", "ndcg")
-
-
 def ranked_top_labels(scores: torch.Tensor, positive: torch.Tensor, k: int) -> torch.Tensor:
     """bool [n_users, k]: whether the candidate at each of the first k ranks is a positive, with
     ties broken against the positives.

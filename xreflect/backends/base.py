@@ -45,6 +45,10 @@ class GenerationError(Exception):
     """A request that failed after the backend's own retries; recorded per item and retried next run."""
 
 
+class NotSent(GenerationError):
+    """A request the backend never sent because the run was stopping: not a failure of the item."""
+
+
 class Backend(ABC):
     """A backbone. Subclasses are constructed with their params.yaml entry (`backbones.<name>`)."""
 
@@ -63,6 +67,10 @@ class Backend(ABC):
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Response | GenerationError]]:
         """Answer `requests`, yielding (index into requests, response or error) as each completes."""
 
+    def metric_fields(self) -> dict:
+        """Facts about the model actually used (e.g. a resolved revision) for the usage metric."""
+        return {}
+
     def close(self) -> None:
         """Release models, sessions or pools."""
 
@@ -72,6 +80,7 @@ PROVIDERS = {
     "offline": "xreflect.backends.offline:OfflineBackend",
     "openai": "xreflect.backends.openai_backend:OpenAIBackend",
     "hf": "xreflect.backends.hf:TransformersBackend",
+    "served": "xreflect.backends.served:ServedBackend",
 }
 
 

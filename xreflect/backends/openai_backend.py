@@ -10,11 +10,15 @@ usually lands on another server.
 
 Errors: see xreflect.backends.retry. Transient ones are retried here; an item that still fails is
 yielded as a GenerationError (recorded in the cache and retried on the next run); authentication
-and quota errors raise FatalBackendError and stop the run.
+and quota errors raise FatalBackendError and stop the run. A circuit breaker stops the run when a
+server gives no answer `breaker_after` times in a row (connection refused, timeouts) instead of
+retrying every item against it, and a server whose 200 answers are not Chat Completions JSON (a
+proxy's HTML page) stops the run after ALIEN_ANSWERS of them.
 """
 from __future__ import annotations
 
 import base64
+import json
 import os
 import queue
 import re
@@ -23,10 +27,12 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-from xreflect.backends.base import Backend, GenerationError, Request, Response
-from xreflect.backends.retry import FatalBackendError, RetryPolicy, classify
+from xreflect.backends.base import Backend, GenerationError, NotSent, Request, Response
+from xreflect.backends.retry import (AuthError, Decision, FatalBackendError, NotOpenAIServer, QuotaError,
+                                     RetryPolicy, ServerUnreachable, classify)
 
 OPENAI_URL = "https://api.openai.com/v1"
 # Prompts the paper answers with a text-only model (GPT-4): KAR and LLM-Rec. Everything else,
@@ -65,6 +71,37 @@ def chat_body(request: Request, identity: Mapping[str, Any]) -> dict:
     return body
 
 
+# 200 answers in a row from one server that are not Chat Completions JSON before the run stops.
+ALIEN_ANSWERS = 3
+
+
+def openai_payload(content: bytes) -> dict | None:
+    """The JSON object of a Chat Completions answer, or None when the body is something else."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) and "choices" in payload else None
+
+
+def body_excerpt(content: bytes, size: int = 120) -> str:
+    return repr(content[:size].decode("utf-8", "replace")) + ("..." if len(content) > size else "")
+
+
+@dataclass
+class ServerHealth:
+    """One server's recent record, for the circuit breaker."""
+    in_a_row: int = 0     # connection failures / timeouts since the last answer
+    alien: int = 0        # 200 answers in a row that were not Chat Completions JSON
+    out: bool = False     # taken out of this run
+
+    def answered(self) -> None:
+        self.in_a_row = self.alien = 0
+
+    def failed(self) -> None:
+        self.in_a_row += 1
+
+
 def response_from_body(body: Mapping[str, Any], latency_s: float = 0.0) -> Response:
     """A Response from a Chat Completions JSON body; GenerationError if it carries no text."""
     choices = body.get("choices") or []
@@ -86,6 +123,10 @@ class OpenAIBackend(Backend):
         self.retry = RetryPolicy.from_config(config)
         self.concurrency = int(config.get("concurrency", 8))
         self.timeout_s = float(config.get("timeout_s", 120))
+        # Circuit breaker: connection failures or timeouts in a row (no answer in between) after
+        # which a server is taken out of the run, and the run stops when none is left.
+        self.breaker_after = int(config.get("breaker_after", 5))
+        self._health: list[ServerHealth] = []
         self.text_prompts = set(config.get("text_prompts", DEFAULT_TEXT_PROMPTS))
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
@@ -146,6 +187,7 @@ class OpenAIBackend(Backend):
             for server in range(len(clients)):
                 slots.put(server)  # interleaved, so the first requests fan out over all servers
         self._stop.clear()
+        self._health = [ServerHealth() for _ in clients]
         pool = ThreadPoolExecutor(max_workers=self.concurrency * len(clients), thread_name_prefix=self.name)
         futures: dict[Future, int] = {pool.submit(self._answer, request, slots): index
                                       for index, request in enumerate(requests)}
@@ -160,32 +202,52 @@ class OpenAIBackend(Backend):
             self._stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def _take_slot(self, slots: queue.Queue) -> int | None:
+        """A server with a free slot, or None once the run is stopping."""
+        while not self._stop.is_set():
+            try:
+                return slots.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
     def _answer(self, request: Request, slots: queue.Queue) -> Response | GenerationError:
         body = chat_body(request, self.identity(request))
         attempt = 0
         while True:
-            if self._stop.is_set():
-                return GenerationError("cancelled")
-            server = slots.get()
+            server = self._take_slot(slots)
+            if server is None:
+                return NotSent("not sent: the run stopped")
             started = time.monotonic()
+            stop: FatalBackendError | None = None
             try:
                 if self._stop.is_set():  # stopped while this request waited for a slot
-                    return GenerationError("cancelled")
+                    return NotSent("not sent: the run stopped")
                 self._count("requests_sent")
-                completion = self._clients[server].chat.completions.create(**body)
-                return response_from_body(completion.model_dump(), time.monotonic() - started)
+                raw = self._clients[server].chat.completions.with_raw_response.create(**body)
+                payload = openai_payload(raw.content)
+                if payload is None:
+                    stop = self._alien_answer(server, raw)
+                    decision = Decision(retry=False, reason=f"not an OpenAI answer: {body_excerpt(raw.content)}")
+                else:
+                    with self._lock:
+                        self._health[server].answered()
+                    return response_from_body(payload, time.monotonic() - started)
             except GenerationError as error:
                 return error
             except Exception as error:  # noqa: BLE001 - classified below, never swallowed blindly
                 decision = classify(error)
                 if decision.fatal:
-                    self._stop.set()  # before the slot goes back, so no other request starts
+                    stop = decision.stop(self._fatal_message(server, decision))
+                elif decision.unreachable:
+                    stop = self._unreachable(server, decision)
             finally:
-                slots.put(server)
-            if decision.fatal:
-                raise FatalBackendError(
-                    f"backbone {self.name!r} ({self.base_urls()[server]}): {decision.reason}. Nothing "
-                    "more is sent; answers so far are cached. Fix the key, quota or model id and rerun.")
+                if stop is not None:
+                    self._stop.set()  # before the slot goes back, so no other request starts
+                if not self._health[server].out:
+                    slots.put(server)
+            if stop is not None:
+                raise stop
             attempt += 1
             if not decision.retry or attempt >= self.retry.max_attempts:
                 self._count("failed")
@@ -193,9 +255,63 @@ class OpenAIBackend(Backend):
             self._count("retries")
             self._stop.wait(self.retry.delay(attempt - 1, decision.retry_after))
 
+    # ---- stopping the run: fatal answers, the circuit breaker, a server that is not an OpenAI API ----
+    def _fatal_message(self, server: int, decision: Decision) -> str:
+        url, key_env = self.base_urls()[server], self.config.get("api_key_env", "OPENAI_API_KEY")
+        fix = {AuthError: f"check ${key_env} (the key this server expects)",
+               QuotaError: "add credit to the account or use another key",
+               }.get(decision.stop, f"check that backbones.{self.name}.model / text_model name a model this server serves")
+        return (f"backbone {self.name!r} ({url}): {decision.reason}. Nothing more is sent; answers so far "
+                f"are cached. To fix: {fix}, then rerun.")
+
+    def _unreachable(self, server: int, decision: Decision) -> ServerUnreachable | None:
+        """Count a connection failure or timeout; take the server out after `breaker_after` in a row,
+        and stop the run (the error to raise) once no server is left."""
+        with self._lock:
+            health = self._health[server]
+            health.failed()
+            if health.out or health.in_a_row < self.breaker_after:
+                return None
+            health.out = True
+            left = [url for url, h in zip(self.base_urls(), self._health) if not h.out]
+        url = self.base_urls()[server]
+        if decision.unreachable == "timeout":
+            why = (f"{health.in_a_row} requests in a row timed out after {self.timeout_s:g} s. The server "
+                   f"is too slow for this load: raise backbones.{self.name}.timeout_s (now {self.timeout_s:g}) "
+                   f"or lower backbones.{self.name}.concurrency (now {self.concurrency})")
+        else:
+            variable = self.config.get("base_url_env", "OPENAI_BASE_URL")
+            cause = decision.reason.removeprefix("connection failed (").removesuffix(")")
+            why = (f"{health.in_a_row} connection attempts in a row failed ({cause}). Check that "
+                   f"the server is running and reachable at that address and that ${variable} is right")
+        if left:
+            print(f"[{self.name}] server {url} taken out of this run: {why}; continuing on {', '.join(left)}",
+                  file=sys.stderr)
+            return None
+        return ServerUnreachable(f"backbone {self.name!r}: no answer from the server at {url}: {why}. "
+                                 "Nothing more is sent; answers so far are cached; rerun when it is fixed.")
+
+    def _alien_answer(self, server: int, raw) -> NotOpenAIServer | None:
+        """A 200 whose body is not a Chat Completions object: stop after `ALIEN_ANSWERS` of them."""
+        with self._lock:
+            health = self._health[server]
+            health.alien += 1
+            if health.alien < ALIEN_ANSWERS:
+                return None
+        type_ = raw.headers.get("content-type", "no content-type")
+        return NotOpenAIServer(
+            f"backbone {self.name!r}: the server at {self.base_urls()[server]} did not answer as an OpenAI "
+            f"API ({health.alien} answers in a row were not Chat Completions JSON; {type_}, body starts "
+            f"{body_excerpt(raw.content)}). Check that the base URL points at the API (it usually ends in "
+            "/v1) and not at a web page or a proxy's login page. Nothing more is sent.")
+
     def _count(self, name: str) -> None:
         with self._lock:
             self.stats[name] += 1
+
+    def cancel(self) -> None:
+        """Send nothing more (from any thread): waiting requests end as GenerationError("cancelled")."""
+        self._stop.set()
 
     def close(self) -> None:
         self._stop.set()

@@ -17,9 +17,29 @@ from typing import Any, Mapping
 
 import openai
 
+from xreflect.errors import EXIT_AUTH, EXIT_QUOTA, EXIT_SERVER, EXIT_UNREACHABLE, StopRun
 
-class FatalBackendError(RuntimeError):
+
+class FatalBackendError(StopRun):
     """An error that every further request would hit too: the run stops, nothing is retried."""
+    exit_code = EXIT_SERVER
+
+
+class AuthError(FatalBackendError):
+    exit_code = EXIT_AUTH
+
+
+class QuotaError(FatalBackendError):
+    exit_code = EXIT_QUOTA
+
+
+class ServerUnreachable(FatalBackendError):
+    """Connection failures or timeouts in a row: the server is down, unreachable or too slow."""
+    exit_code = EXIT_UNREACHABLE
+
+
+class NotOpenAIServer(FatalBackendError):
+    """The server answered, but not as an OpenAI API (an HTML page from a proxy, say)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,8 @@ class Decision:
     fatal: bool = False
     retry_after: float | None = None  # seconds the server asked us to wait
     reason: str = ""
+    unreachable: str | None = None  # "connection" or "timeout": counts towards the circuit breaker
+    stop: type = FatalBackendError    # the error raised when `fatal`
 
 
 @dataclass(frozen=True)
@@ -94,17 +116,21 @@ def _error_code(error: openai.APIStatusError) -> str | None:
 def classify(error: Exception) -> Decision:
     """What to do about an exception raised by the OpenAI SDK."""
     if isinstance(error, openai.APITimeoutError):
-        return Decision(retry=True, reason="timed out")
+        return Decision(retry=True, reason="timed out", unreachable="timeout")
     if isinstance(error, openai.APIConnectionError):
-        return Decision(retry=True, reason=f"connection failed ({error})")
+        cause = error.__cause__ or error
+        return Decision(retry=True, reason=f"connection failed ({type(cause).__name__}: {cause})",
+                        unreachable="connection")
     if not isinstance(error, openai.APIStatusError):
         return Decision(retry=False, reason=f"{type(error).__name__}: {error}")
     status, code = error.status_code, _error_code(error)
     retry_after = parse_retry_after(error.response.headers if error.response is not None else None)
     if status in (401, 403):
-        return Decision(retry=False, fatal=True, reason=f"authentication failed (HTTP {status}: {error.message})")
+        return Decision(retry=False, fatal=True, stop=AuthError,
+                        reason=f"authentication failed (HTTP {status}: {error.message})")
     if code == "insufficient_quota":
-        return Decision(retry=False, fatal=True, reason="insufficient_quota: the account has no credit left")
+        return Decision(retry=False, fatal=True, stop=QuotaError,
+                        reason="insufficient_quota: the account has no credit left")
     if status == 404:  # model not served there: every request would fail the same way
         return Decision(retry=False, fatal=True, reason=f"not found (HTTP 404: {error.message})")
     if status in (408, 409, 429) or status >= 500:

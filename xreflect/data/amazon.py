@@ -20,10 +20,12 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from xreflect.data.archives import DAMAGED, damaged_archive
 from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, Item, write_interactions, write_items
 from xreflect.data.descriptions import clean_html
 from xreflect.data.download import Fetched, Settings, fetch_file, raw_dir_for
 from xreflect.data.item_images import attach_images, core_items, missing_image_policy
+from xreflect.errors import DataError
 from xreflect.io import write_json
 
 
@@ -38,6 +40,13 @@ class Product:
 def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each line of a gzipped JSON-lines file; a bad line raises an error
     naming the file, line number and content."""
+    try:
+        yield from _json_lines(path)
+    except DAMAGED as error:
+        raise damaged_archive(path, error) from error
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -45,10 +54,10 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}): {line[:200]!r}; "
+                raise DataError(f"{path}, line {number}: not valid JSON ({err.msg}): {line[:200]!r}; "
                                  "the download may be damaged: delete the file and rerun") from err
             if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object: {line[:200]!r}")
+                raise DataError(f"{path}, line {number}: expected a JSON object: {line[:200]!r}")
             yield number, record
 
 
@@ -57,7 +66,7 @@ def read_reviews(path: Path) -> pd.DataFrame:
     for number, record in json_lines(path):
         missing = [k for k in ("reviewerID", "asin", "overall") if record.get(k) in (None, "")]
         if missing:
-            raise ValueError(f"{path}, line {number}: missing {missing}: {json.dumps(record)[:200]!r}")
+            raise DataError(f"{path}, line {number}: missing {missing}: {json.dumps(record)[:200]!r}")
         rows.append((str(record["reviewerID"]), str(record["asin"]), float(record["overall"]),
                      record.get("unixReviewTime")))
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
@@ -82,7 +91,7 @@ def read_metadata(path: Path) -> dict[str, Product]:
     for number, record in json_lines(path):
         asin = str(record.get("asin") or "").strip()
         if not asin:
-            raise ValueError(f"{path}, line {number}: no asin: {json.dumps(record)[:200]!r}")
+            raise DataError(f"{path}, line {number}: no asin: {json.dumps(record)[:200]!r}")
         if asin in products:
             continue
         description = " ".join(clean_html(part) for part in _strings(record.get("description")))

@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
+from xreflect.errors import DataError
+
 ENV_MIRROR = "XREFLECT_MIRROR_DIR"
 USER_AGENT = "xreflect-dataset-downloader/1.0"
 CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DataError):
     """A file could not be obtained; the message says from where and what to do."""
 
 

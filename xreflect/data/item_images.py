@@ -23,6 +23,7 @@ import pandas as pd
 from xreflect.data.contract import IMAGES_DIR, Item
 from xreflect.data.download import Settings, check_image, fetch_images
 from xreflect.data.kcore import k_core, to_implicit
+from xreflect.errors import DataError
 from xreflect.io import write_text
 
 POLICIES = ("text-only", "drop", "error")
@@ -83,7 +84,7 @@ def attach_images(items: list[Item], candidates: Mapping[str, Sequence[str]], ou
     write_text(out_dir / MISSING_FILE, _missing_csv(missing))
     examples = [f"item {item_id}: {reason}" for item_id, _, reason in missing[:10]]
     if missing and policy == "error":
-        raise RuntimeError(
+        raise DataError(
             f"{name}: {len(missing)} of {len(candidates)} items have no usable image, e.g. "
             + "; ".join(examples[:5]) + f". The full list is in {out_dir / MISSING_FILE}. Set "
             f"datasets.{name}.missing_image to 'text-only' (keep them without an image) or 'drop'.")

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
+from xreflect.data.archives import DAMAGED, damaged_archive
 from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, Item, write_interactions, write_items
 from xreflect.data.descriptions import (ROW, TableSpec, keyed_texts, movie_fallback, obtain_table, read_records,
                                         split_title)
@@ -28,6 +29,7 @@ from xreflect.data.media_report import write_fallback_list
 from xreflect.data.poster_manifest import read_manifest
 from xreflect.data.poster_titles import table_ids_by_title
 from xreflect.data.titles import row_title_mismatches
+from xreflect.errors import DataError
 from xreflect.io import write_json, write_jsonl
 
 ARCHIVE = "ml-1m.zip"
@@ -49,8 +51,11 @@ def _member_lines(archive: zipfile.ZipFile, name: str, where: Path) -> tuple[Ite
     """The member's lines and a label ("<zip>:<member>") for error messages."""
     members = [m for m in archive.namelist() if m == name or m.endswith("/" + name)]
     if not members:
-        raise ValueError(f"{where} has no {name}; is it the MovieLens-1M archive (ml-1m.zip)?")
-    text = archive.read(members[0]).decode("latin-1")  # the archive's documented encoding
+        raise DataError(f"{where} has no {name}; is it the MovieLens-1M archive (ml-1m.zip)?")
+    try:
+        text = archive.read(members[0]).decode("latin-1")  # the archive's documented encoding
+    except DAMAGED as error:
+        raise damaged_archive(where, error, members[0]) from error
     return iter(text.splitlines()), f"{where}:{members[0]}"
 
 
@@ -60,7 +65,7 @@ def _fields(lines: Iterator[str], source: str, count: int) -> Iterator[tuple[int
             continue
         fields = line.split("::")
         if len(fields) != count:
-            raise ValueError(f"{source}, line {number}: expected {count} fields separated by '::', "
+            raise DataError(f"{source}, line {number}: expected {count} fields separated by '::', "
                              f"got {len(fields)}: {line[:200]!r}")
         yield number, line, fields
 
@@ -69,7 +74,7 @@ def _int(value: str, source: str, number: int, line: str, what: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{source}, line {number}: {what} {value!r} is not an integer: {line[:200]!r}") from None
+        raise DataError(f"{source}, line {number}: {what} {value!r} is not an integer: {line[:200]!r}") from None
 
 
 def parse_ratings(lines: Iterator[str], source: str) -> pd.DataFrame:
@@ -106,14 +111,17 @@ def parse_movies(lines: Iterator[str], source: str) -> list[Movie]:
 
 def read_archive(path: Path) -> tuple[pd.DataFrame, list[Movie], int]:
     """(ratings, movies in file order, number of users in users.dat)."""
-    with zipfile.ZipFile(path) as archive:
-        ratings = parse_ratings(*_member_lines(archive, "ratings.dat", path))
-        movies = parse_movies(*_member_lines(archive, "movies.dat", path))
-        lines, source = _member_lines(archive, "users.dat", path)
-        n_users = sum(1 for _ in _fields(lines, source, 5))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            ratings = parse_ratings(*_member_lines(archive, "ratings.dat", path))
+            movies = parse_movies(*_member_lines(archive, "movies.dat", path))
+            lines, source = _member_lines(archive, "users.dat", path)
+            n_users = sum(1 for _ in _fields(lines, source, 5))
+    except DAMAGED as error:
+        raise damaged_archive(path, error) from error
     unknown = set(ratings["item_id"]) - {m.movie_id for m in movies}
     if unknown:
-        raise ValueError(f"{path}: ratings.dat refers to {len(unknown)} MovieID(s) missing from "
+        raise DataError(f"{path}: ratings.dat refers to {len(unknown)} MovieID(s) missing from "
                          f"movies.dat, e.g. {sorted(unknown)[:5]}; the archive looks damaged")
     return ratings, movies, n_users
 

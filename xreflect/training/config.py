@@ -5,7 +5,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
-from xreflect.metrics import METRIC_NAMES
+from xreflect.config import ParamsError
+
+METRIC_NAMES = ("precision", "recall", "ndcg")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class TrainConfig:
         allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(section) - set(allowed))
         if unknown:
-            raise ValueError(f"params.yaml: train.{unknown[0]} is not a training parameter; "
+            raise ParamsError(f"params.yaml: train.{unknown[0]} is not a training parameter; "
                              f"allowed keys: {', '.join(allowed)}")
         values = {}
         for name, value in section.items():
@@ -41,7 +43,7 @@ class TrainConfig:
                 values[name] = _number_list("dropout", value, "dropout rate", "[0.1]", lambda x: 0 <= x < 1)
             elif name == "item_hidden":
                 if not isinstance(value, list) or not all(_is_int(v) and v > 0 for v in value):
-                    raise ValueError(f"params.yaml: train.item_hidden must be a list of positive layer sizes "
+                    raise ParamsError(f"params.yaml: train.item_hidden must be a list of positive layer sizes "
                                      f"(e.g. [512, 256], or [] for a linear item tower), got {value!r}")
                 values[name] = tuple(int(v) for v in value)
             elif name == "select_metric":
@@ -52,11 +54,11 @@ class TrainConfig:
                 values[name] = value
             elif name == "weight_decay":
                 if not _is_number(value) or value < 0:
-                    raise ValueError(f"params.yaml: train.weight_decay must be a number >= 0, got {value!r}")
+                    raise ParamsError(f"params.yaml: train.weight_decay must be a number >= 0, got {value!r}")
                 values[name] = float(value)
             else:
                 if not _is_int(value) or value < (0 if name == "seed" else 1):
-                    raise ValueError(f"params.yaml: train.{name} must be a positive integer, got {value!r}")
+                    raise ParamsError(f"params.yaml: train.{name} must be a positive integer, got {value!r}")
                 values[name] = int(value)
         return cls(**values)
 
@@ -85,11 +87,11 @@ def _is_int(value: object) -> bool:
 
 def _number_list(key: str, value: object, what: str, example: str, valid: Callable[[float], bool]) -> tuple[float, ...]:
     if value is None or value == []:
-        raise ValueError(f"params.yaml: train.{key} is empty; give at least one {what}, e.g. {example}")
+        raise ParamsError(f"params.yaml: train.{key} is empty; give at least one {what}, e.g. {example}")
     values = value if isinstance(value, list) else [value]
     bad = [v for v in values if not _is_number(v) or not valid(v)]
     if bad:
-        raise ValueError(f"params.yaml: train.{key} holds {bad[0]!r}, which is not a valid {what}; "
+        raise ParamsError(f"params.yaml: train.{key} holds {bad[0]!r}, which is not a valid {what}; "
                          f"give a list of numbers, e.g. {example}")
     return tuple(float(v) for v in values)
 
@@ -97,7 +99,7 @@ def _number_list(key: str, value: object, what: str, example: str, valid: Callab
 def _metric_name(value: object) -> str:
     name, _, k = str(value).partition("@")
     if name not in METRIC_NAMES or not k.isdigit() or int(k) < 1:
-        raise ValueError(f"params.yaml: train.select_metric is {value!r}; use <metric>@<k> with metric one of "
+        raise ParamsError(f"params.yaml: train.select_metric is {value!r}; use <metric>@<k> with metric one of "
                          f"{', '.join(METRIC_NAMES)}, e.g. recall@10")
     return f"{name}@{int(k)}"
 
