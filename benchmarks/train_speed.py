@@ -165,7 +165,7 @@ def bench_features(split: Split, features: np.ndarray, config: TrainConfig, devi
     """Epoch seconds of the 9-point stack, one point, the roofline of each (per precision) and the
     per-sample reference (fp32), all timed batch by batch in turn; evaluation seconds (fp32)."""
     feats = torch.as_tensor(features, device=device)
-    samples = epoch_samples(split.train, negative_pool(split), config, 1, device)
+    samples = epoch_samples(split, negative_pool(split), config, 1, device)
     grid = config.grid()
     init = init_state(split.n_users, feats.shape[1], list(config.item_hidden), config.dim, 0)
     sizes = layer_sizes(feats.shape[1], list(config.item_hidden), config.dim)
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"precision auto chose: {auto} ({why}); timing {', '.join(precisions)}")
     print(f"scale {args.scale}: {split.n_users} users, {split.n_items} items, "
           f"{len(split.train) + len(split.valid) + len(split.test):,} interactions "
-          f"({len(split.train):,} train), {split.eval_negatives.shape[1]} eval negatives; "
+          f"({len(split.train):,} train), {split.valid_negatives.shape[1]} validation + as many test negatives; "
           f"built in {time.perf_counter() - start:.1f} s; tower {list(config.item_hidden)}, "
           f"batch {config.batch_size}, grid {len(config.grid())} points"
           + (" [quick: median of 12 interleaved batches x batches per epoch]" if args.quick else ""))
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  bf16 speed-up over fp32: stack {r['stack_epoch_fp32'] / r['stack_epoch_bf16']:.2f}x, "
                   f"single {r['single_epoch_fp32'] / r['single_epoch_bf16']:.2f}x, roofline "
                   f"{r['roofline_single_fp32'] / r['roofline_single_bf16']:.2f}x")
-        print(f"  evaluation (fp32), all users (positives + {split.eval_negatives.shape[1]} negatives): "
+        print(f"  evaluation (fp32), all users (positives + {split.valid_negatives.shape[1]} negatives): "
               f"{r['eval_single']:.3f} s per model, {r['eval_stack']:.3f} s for the 9-point stack")
         print(f"  epochs per grid point ({how}): {epochs:.1f}")
         if "reference_epoch" in r:

@@ -1,4 +1,4 @@
-"""DVC stage `split`: n per-user random splits, each with its stored evaluation negatives.
+"""DVC stage `split`: n per-user random splits, each with its stored validation and test negatives.
 
 Reads data/filtered/ and params dataset, datasets, split. Writes data/splits/split_<k>.npz
 (format in xreflect/data/split.py) and the metric metrics/splits.json.
@@ -13,7 +13,7 @@ import numpy as np
 
 from xreflect.cli import run_stage
 from xreflect.config import ParamsError, dataset_entry, load_params
-from xreflect.data.split import make_split
+from xreflect.data.split import PAD, make_split
 from xreflect.io import write_json
 
 FILTERED, OUT, REPORT = Path("data/filtered"), Path("data/splits"), Path("metrics/splits.json")
@@ -33,7 +33,10 @@ def main() -> None:
         split = make_split(pairs, n_users, n_items, tuple(entry["split_ratio"]),
                            int(entry["eval_negatives"]), seed=int(config.get("seed", 0)) + k)
         split.save(OUT / f"split_{k}.npz")
-        sizes[f"split_{k}"] = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
+        # Users with fewer unobserved items than two full negative sets get smaller ones (split.py).
+        short = int((split.test_negatives == PAD).any(axis=1).sum())
+        sizes[f"split_{k}"] = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test),
+                               "users_with_fewer_negatives": short}
         print(f"split {k}: {sizes[f'split_{k}']}", file=sys.stderr)
     write_json(REPORT, {"dataset": name, "split_ratio": entry["split_ratio"],
                         "eval_negatives": int(entry["eval_negatives"]), **sizes})

@@ -1,11 +1,13 @@
 """DVC stage `train@<strategy>`: grid-train the two-tower model for one strategy on every split.
 
-Reads params: train, strategies.<strategy>, split.n_splits. Reads data/splits/split_<k>.npz and
-data/embeddings/<strategy>/<source>.npy for each source the strategy lists (concatenated in that
-order; an empty list is Item Popularity, which trains nothing). Writes models/<strategy>/split_<k>.npz
-(`test_scores` and `valid_scores` of the selected model, aligned with candidates(split, part)) and
-models/<strategy>/selection.json. Finished grid points are checkpointed outside the stage's outs,
-under ${XREFLECT_CACHE_DIR:-.cache}/train/, so an interrupted run resumes where it stopped.
+Reads params: train, strategies.<strategy>, split.n_splits, evaluate.ks. Reads
+data/splits/split_<k>.npz and data/embeddings/<strategy>/<source>.npy for each source the strategy
+lists (concatenated in that order; an empty list is Item Popularity, which trains nothing). Writes
+models/<strategy>/split_<k>.npz (`test_scores` and `valid_scores` of the selected model, aligned
+with candidates(split, part), and `full_test_top`, its top-max(evaluate.ks) test items under the
+full-ranking protocol, xreflect/full_ranking.py) and models/<strategy>/selection.json. Finished
+grid points are checkpointed outside the stage's outs, under ${XREFLECT_CACHE_DIR:-.cache}/train/,
+so an interrupted run resumes where it stopped.
 train.executor: local trains the splits here one after another; ray sends them to a Ray cluster
 as one grid job each (xreflect/training/ray_jobs.py). The outs are the same either way.
 """
@@ -48,23 +50,26 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     sources = strategy_sources(params, strategy)
     config, overrides = train_config(params)
+    full_k = max(int(k) for k in (params.get("evaluate") or {}).get("ks", [1, 10]))
     if overrides:
         log_stderr(f"train: dataset {params.get('dataset')!r} overrides {overrides} "
                    "(train.dataset_overrides in params.yaml; a key you change under train wins)")
     embedding_paths = [embedding_path(strategy, source) for source in sources]
-    features = load_features(embedding_paths) if sources else None
+    features = load_features(embedding_paths, config.normalize_sources) if sources else None
     out_dir = MODELS_DIR / strategy
     splits = split_paths(int(params["split"]["n_splits"]))
     selection, start = {}, time.perf_counter()
     jobs = [GridJob(k, f"{strategy} split {k + 1}/{len(splits)}: ", split_path, config,
-                    DirectoryStore(train_cache_root() / strategy / checkpoint_key(split_path, embedding_paths, config)))
+                    DirectoryStore(train_cache_root() / strategy / checkpoint_key(split_path, embedding_paths, config)),
+                    full_k)
             for k, split_path in enumerate(splits)]
     if features is None:
-        finished = ((job, popularity(Split.load(job.split_path))) for job in jobs)
+        finished = ((job, popularity(Split.load(job.split_path), full_k=full_k)) for job in jobs)
     else:  # train.executor: the jobs one after another here, or all at once on Ray
         finished = run_grid_jobs(jobs, features, config.executor)
     for n_done, (job, result) in enumerate(finished, 1):
-        write_npz(out_dir / f"split_{job.index}.npz", test_scores=result.test_scores, valid_scores=result.valid_scores)
+        write_npz(out_dir / f"split_{job.index}.npz", test_scores=result.test_scores, valid_scores=result.valid_scores,
+                  full_test_top=result.full_test_top)
         selection[job.index] = result.selection()
         elapsed = time.perf_counter() - start
         log_stderr(f"train {job.label}done; {elapsed:.0f} s so far, about "

@@ -1,4 +1,4 @@
-"""Training negatives: never a positive (any part), never an evaluation negative, spread over the pool."""
+"""Training negatives: never a positive (any part), never a validation or test negative, spread over the pool."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,11 +10,13 @@ from xreflect.negatives import forbidden_matrix, negative_pool, sample_negatives
 
 
 def hand_split() -> Split:
-    # 2 users, 8 items. User 0: train {0, 1}, valid {2}, test {3}, eval negatives {4, 5} -> pool {6, 7}.
-    # User 1: train {4, 5}, valid {6}, test {7}, eval negatives {0, 1} -> pool {2, 3}.
+    # 2 users, 8 items. User 0: train {0, 1}, valid {2}, test {3}, valid negatives {4}, test
+    # negatives {5} -> pool {6, 7}. User 1: train {4, 5}, valid {6}, test {7}, valid negatives {0},
+    # test negatives {1} -> pool {2, 3}.
     pairs = lambda *p: np.array(p, dtype=np.int32)  # noqa: E731
     return Split(train=pairs([0, 0], [0, 1], [1, 4], [1, 5]), valid=pairs([0, 2], [1, 6]),
-                 test=pairs([0, 3], [1, 7]), eval_negatives=pairs([4, 5], [0, 1]), n_users=2, n_items=8)
+                 test=pairs([0, 3], [1, 7]), valid_negatives=pairs([4], [0]), test_negatives=pairs([5], [1]),
+                 n_users=2, n_items=8)
 
 
 def test_pool_by_hand():
@@ -36,7 +38,8 @@ def test_samples_stay_in_pool_and_are_uniform():
 
 def test_user_without_allowed_items_fails_with_advice():
     split = hand_split()
-    full = Split(split.train, split.valid, split.test, np.array([[4, 5, 6, 7], [0, 1, 2, 3]], np.int32), 2, 8)
+    full = Split(split.train, split.valid, split.test, np.array([[4, 6], [0, 2]], np.int32),
+                 np.array([[5, 7], [1, 3]], np.int32), 2, 8)
     with pytest.raises(ValueError, match="eval_negatives"):
         negative_pool(full)
 

@@ -75,8 +75,9 @@ def test_repro_produces_metrics_for_every_strategy(project):
     work, _, _ = project
     summary = json.loads((work / "metrics/summary.json").read_text())
     run_list = yaml.safe_load((work / "params.yaml").read_text())["run"]
-    assert set(run_list) | {"popularity_global"} == set(summary)
-    for metrics in summary.values():
+    assert set(run_list) | {"popularity_global", "full_ranking"} == set(summary)
+    assert set(run_list) == set(summary["full_ranking"])  # the full-ranking protocol, every strategy
+    for metrics in [*(m for s, m in summary.items() if s != "full_ranking"), *summary["full_ranking"].values()]:
         assert {"precision@10", "recall@10", "ndcg@10", "precision@1", "recall@1", "ndcg@1"} <= set(metrics)
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
     report = (work / "metrics/report.md").read_text()
@@ -229,6 +230,7 @@ def test_a_subset_of_strategies_runs_exactly_those(project):
         f"{kind}@{s}" for kind in ("generate", "embed", "train") for s in ("text", "xreflect")}
     run("dvc", "repro", cwd=work, env=env)
     summary = json.loads((work / "metrics/summary.json").read_text())
-    assert set(summary) == {"text", "xreflect"}
+    assert set(summary) == {"text", "xreflect", "full_ranking"}
+    assert set(summary["full_ranking"]) == {"text", "xreflect"}
     similarity = json.loads((work / "metrics/similarity.json").read_text())
     assert similarity["left_out"] == ["visual_only", "llm_rec", "cot"]  # no strategy in run embeds them

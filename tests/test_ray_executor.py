@@ -107,11 +107,11 @@ def test_a_dead_worker_loses_only_its_job_which_ray_retries(local_ray, inputs, l
     paths, feats = inputs
     marker = tmp_path / "died"
 
-    def dies_once(split, features, config, restored, threads, label):
+    def dies_once(split, features, config, restored, threads, label, full_k=None):
         if label == "split 1: " and not marker.exists():
             marker.touch()
             os._exit(1)  # the worker process dies mid-job, as on a lost node
-        return ray_jobs.grid_job(split, features, config, restored, threads, label)
+        return ray_jobs.grid_job(split, features, config, restored, threads, label, full_k)
 
     results = run(paths, feats, "ray", tmp_path / "store", job_function=dies_once)
     assert marker.exists()
@@ -122,10 +122,10 @@ def test_finished_jobs_are_kept_and_a_failed_job_is_reported_after_the_others(lo
                                                                                tmp_path):
     paths, feats = inputs
 
-    def split_1_fails(split, features, config, restored, threads, label):
+    def split_1_fails(split, features, config, restored, threads, label, full_k=None):
         if label == "split 1: ":
             raise ValueError("broken input")
-        return ray_jobs.grid_job(split, features, config, restored, threads, label)
+        return ray_jobs.grid_job(split, features, config, restored, threads, label, full_k)
 
     finished = []
     with pytest.raises(RuntimeError, match=r"1 of 2 grid job\(s\) failed on Ray: split 1: .*broken input"):
@@ -136,14 +136,14 @@ def test_finished_jobs_are_kept_and_a_failed_job_is_reported_after_the_others(lo
     assert not (tmp_path / "1").exists()
 
     # The rerun sends split 0 its finished points: it only selects and scores, training nothing.
-    def must_not_retrain_split_0(split, features, config, restored, threads, label):
+    def must_not_retrain_split_0(split, features, config, restored, threads, label, full_k=None):
         if label != "split 0: ":
-            return ray_jobs.grid_job(split, features, config, restored, threads, label)
+            return ray_jobs.grid_job(split, features, config, restored, threads, label, full_k)
         assert len(restored) == len(config.grid())
         import xreflect.training.grid as grid  # noqa: PLC0415
         real, grid.train_points = grid.train_points, lambda *a, **k: pytest.fail("retrained split 0")
         try:
-            return ray_jobs.grid_job(split, features, config, restored, threads, label)
+            return ray_jobs.grid_job(split, features, config, restored, threads, label, full_k)
         finally:
             grid.train_points = real
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from xreflect.data.split import Split, candidates, make_split, split_counts
+from xreflect.data.split import PAD, Split, candidates, make_split, negatives_per_set, split_counts
+from xreflect.negatives import negative_pool
 
 
 def random_pairs(n_users=30, n_items=200, per_user=(5, 40), seed=0):
@@ -40,38 +41,74 @@ def test_split_partitions_each_user_with_ratio_and_minimum(ratio):
         assert got[1] == expected_valid >= 1 and got[2] == expected_test >= 1 and got[0] == n - got[1] - got[2]
 
 
-def test_eval_negatives_are_distinct_never_positive_and_seeded():
+def test_valid_and_test_negatives_are_disjoint_never_positive_and_seeded():
     pairs = random_pairs()
     split = make_split(pairs, 30, 200, (8, 1, 1), n_negatives=50, seed=3)
     positives = {(u, i) for u, i in pairs}
+    pool = negative_pool(split)
     for u in range(30):
-        negs = split.eval_negatives[u]
-        assert len(set(negs.tolist())) == 50
-        assert not any((u, int(i)) in positives for i in negs)
+        valid, test = set(split.valid_negatives[u].tolist()), set(split.test_negatives[u].tolist())
+        assert len(valid) == len(test) == 50                      # distinct, no padding needed
+        assert not valid & test                                   # disjoint from each other
+        assert not any((u, i) in positives for i in valid | test)  # never a positive of any part
+        assert not (valid | test) & set(pool.items_of(u).tolist())  # never a training negative
     again = make_split(pairs, 30, 200, (8, 1, 1), n_negatives=50, seed=3)
-    assert np.array_equal(again.eval_negatives, split.eval_negatives)
+    assert np.array_equal(again.valid_negatives, split.valid_negatives)
+    assert np.array_equal(again.test_negatives, split.test_negatives)
     other = make_split(pairs, 30, 200, (8, 1, 1), n_negatives=50, seed=4)
-    assert not np.array_equal(other.eval_negatives, split.eval_negatives)
+    assert not np.array_equal(other.test_negatives, split.test_negatives)
 
 
-def test_too_few_candidate_negatives_names_the_fix():
-    pairs = np.array([(0, i) for i in range(8)], dtype=np.int32)
-    with pytest.raises(ValueError, match="eval_negatives"):
-        make_split(pairs, 1, 10, (8, 1, 1), n_negatives=5, seed=0)
+def test_short_user_gets_smaller_disjoint_sets_and_keeps_a_training_negative():
+    # 10 items, user 0 interacted with 0..3: 6 unobserved items (4..9). Two sets of 5 cannot be
+    # disjoint, so each gets (6 - 1) // 2 = 2 and 2 items stay for training negatives.
+    # User 1 interacted with 0..2 only: 7 unobserved, (7 - 1) // 2 = 3 each, 1 left.
+    pairs = np.array([(0, i) for i in range(4)] + [(1, i) for i in range(3)], dtype=np.int32)
+    assert negatives_per_set(np.array([4, 3]), 10, 5).tolist() == [2, 3]
+    split = make_split(pairs, 2, 10, (1, 1, 1), n_negatives=5, seed=0)
+    for u, (n, unobserved) in enumerate([(2, set(range(4, 10))), (3, set(range(3, 10)))]):
+        valid = split.valid_negatives[u]
+        test = split.test_negatives[u]
+        assert (valid != PAD).sum() == (test != PAD).sum() == n and (valid[n:] == PAD).all()
+        valid, test = set(valid[:n].tolist()), set(test[:n].tolist())
+        pool = set(negative_pool(split).items_of(u).tolist())
+        assert valid | test | pool == unobserved and not valid & test and len(pool) == len(unobserved) - 2 * n
+    # Padding is never a candidate.
+    assert candidates(split, "test").mask[0].sum() == 1 + 2
+
+
+def test_too_few_unobserved_items_names_the_fix():
+    pairs = np.array([(0, i) for i in range(8)], dtype=np.int32)  # 2 unobserved: needs 3
+    with pytest.raises(ValueError, match="user index 0 has only 2 item"):
+        make_split(pairs, 1, 10, (6, 1, 1), n_negatives=5, seed=0)
 
 
 def test_candidates_hold_positives_then_negatives():
     split = Split(train=np.array([[0, 0], [1, 1]], np.int32), valid=np.array([[0, 2]], np.int32),
                   test=np.array([[0, 3], [0, 4], [1, 5]], np.int32),
-                  eval_negatives=np.array([[6, 7], [8, 9]], np.int32), n_users=2, n_items=10)
+                  valid_negatives=np.array([[8, 9], [6, 7]], np.int32),
+                  test_negatives=np.array([[6, 7], [8, PAD]], np.int32), n_users=2, n_items=10)
     test = candidates(split, "test")
-    assert test.items.tolist() == [[3, 4, 6, 7], [5, 0, 8, 9]]
+    assert test.items.tolist() == [[3, 4, 6, 7], [5, 0, 8, 0]]
     assert test.labels.tolist() == [[True, True, False, False], [True, False, False, False]]
-    assert test.mask.tolist() == [[True, True, True, True], [True, False, True, True]]
+    assert test.mask.tolist() == [[True, True, True, True], [True, False, True, False]]
+    valid = candidates(split, "valid")  # validation uses its own negatives
+    assert valid.items.tolist() == [[2, 8, 9], [0, 6, 7]]
+    assert valid.mask.tolist() == [[True, True, True], [False, True, True]]
 
 
 def test_split_round_trips_through_file(tmp_path):
     split = make_split(random_pairs(), 30, 200, (8, 1, 1), n_negatives=20, seed=1)
     split.save(tmp_path / "s.npz")
     loaded = Split.load(tmp_path / "s.npz")
-    assert np.array_equal(loaded.train, split.train) and loaded.n_items == 200
+    assert np.array_equal(loaded.train, split.train) and loaded.n_items == 200 and loaded.seed == 1
+    assert np.array_equal(loaded.test_negatives, split.test_negatives)
+
+
+def test_old_split_format_is_refused_with_the_fix(tmp_path):
+    # Format 1: one eval_negatives set shared by validation and test, no format_version.
+    path = tmp_path / "split_0.npz"
+    np.savez(path, train=np.zeros((1, 2), np.int32), valid=np.zeros((1, 2), np.int32),
+             test=np.zeros((1, 2), np.int32), eval_negatives=np.zeros((1, 3), np.int32), n_users=1, n_items=5)
+    with pytest.raises(ValueError, match=r"split_0.npz: split format 1.*dvc repro -f split"):
+        Split.load(path)

@@ -146,3 +146,25 @@ def test_demo_has_no_paper_column_and_workspace_reads_disk(repo):
     assert [t.spec.number for t in built] == [2, 3, 6]
     assert all(cell.paper is None for t in built for cell in t.cells.values())
     assert "paper" not in tables.to_markdown(built, "text_image").split("\n\n")[2]
+
+
+def test_full_ranking_tables_test_the_full_results_and_leave_out_the_paper(repo):
+    root, _, commit = repo
+    detail = _detail("movielens-1m", "gpt4v")
+    # Full ranking: X-REFLECT below Text + Image on every split, so the mark is a significant loss.
+    full = {s: {m: _result([v - 0.1 for v in r["per_split"]]) for m, r in metrics.items()}
+            for s, metrics in detail["results"].items()}
+    full["xreflect"] = {m: _result([v - 0.01 - 0.001 * i for i, v in enumerate(full["text_image"][m]["per_split"])])
+                        for m in full["xreflect"]}
+    old = commit(detail, "sampled only")
+    new = commit({**detail, "full_results": full}, "both protocols")
+    built = tables.build_tables(root, [f"ml={new}"], protocol="full")
+    assert built[0].spec.title == "Table 2: recommendation performance @10, full ranking"
+    cell = built[0].cells[(0, "xreflect", "recall@10")]
+    assert cell.mean == pytest.approx(0.25 - 0.1 - 0.01 - 0.002)  # from full_results, not results
+    assert cell.vs_base.t_p < 0.01 and cell.vs_base.mean_difference < 0
+    assert all(c.paper is None for t in built for c in t.cells.values())
+    sampled = tables.build_tables(root, [f"ml={new}"])  # the default protocol is unchanged
+    assert sampled[0].cells[(0, "xreflect", "recall@10")].mean == pytest.approx(0.272)
+    with pytest.raises(RevisionError, match="lacks \\['full_results'\\].*full-ranking protocol is newer"):
+        tables.build_tables(root, [f"ml={old}"], protocol="full")

@@ -175,10 +175,11 @@ def test_grid_keeps_best_validation_checkpoint():
 def test_selection_uses_validation_not_test():
     """Two hand-made models: A puts each user's validation positive on top (validation recall 1,
     test recall 0); B puts the test positive on top (validation 0, test 1). A must be chosen."""
-    n_users, n_items = 3, 19
+    n_users, n_items = 3, 29
     split = Split(train=np.array([[0, 0], [1, 1], [2, 2]], np.int32), valid=np.array([[0, 3], [1, 4], [2, 5]], np.int32),
                   test=np.array([[0, 6], [1, 7], [2, 8]], np.int32),
-                  eval_negatives=np.array([list(range(9, 19))] * 3, np.int32), n_users=n_users, n_items=n_items)
+                  valid_negatives=np.array([list(range(9, 19))] * 3, np.int32),
+                  test_negatives=np.array([list(range(19, 29))] * 3, np.int32), n_users=n_users, n_items=n_items)
     feats = torch.eye(n_items)  # linear identity tower: a user's vector is its score per item
 
     def model(top: np.ndarray) -> dict:

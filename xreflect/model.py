@@ -57,9 +57,9 @@ def seed_for(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def score_state(state: State, features: Tensor, users: Tensor, items: Tensor) -> Tensor:
-    """Evaluation scores (no dropout) of one model for `items` [n_users, width] of `users` [n_users];
-    computes the item tower once for the whole catalog and the full user x item score matrix."""
+def score_matrix(state: State, features: Tensor, users: Tensor) -> Tensor:
+    """Evaluation scores (no dropout) of one model for every item: [n_users, n_items]; the item
+    tower runs once for the whole catalog."""
     device = features.device
     h = features
     for layer in range(n_layers(state)):
@@ -67,7 +67,12 @@ def score_state(state: State, features: Tensor, users: Tensor, items: Tensor) ->
         if layer < n_layers(state) - 1:
             h = torch.relu(h)
     user = torch.as_tensor(state["user"], device=device)[users]
-    return (user @ h.T).gather(1, items)
+    return user @ h.T
+
+
+def score_state(state: State, features: Tensor, users: Tensor, items: Tensor) -> Tensor:
+    """Evaluation scores of one model for `items` [n_users, width] of `users` [n_users]."""
+    return score_matrix(state, features, users).gather(1, items)
 
 
 class TwoTower(nn.Module):

@@ -1,5 +1,5 @@
 """Training negatives: items a user never interacted with and that are not among the user's
-evaluation negatives (the paper requires training and evaluation negatives to be disjoint).
+validation or test negatives (the paper requires training and evaluation negatives to be disjoint).
 
 Each user's allowed pool is stored once as a CSR (indptr, indices); drawing a negative is then one
 uniform integer per sample, `indices[indptr[u] + floor(r * pool_size[u])]`, fully vectorised, with
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xreflect.data.split import Split
+from xreflect.data.split import PAD, Split
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,13 @@ class NegativePool:
 
 def forbidden_matrix(split: Split) -> np.ndarray:
     """bool [n_users, n_items]: True where the item must never be a training negative of the user
-    (a positive in train, valid or test, or one of the user's evaluation negatives)."""
+    (a positive in train, valid or test, or one of the user's validation or test negatives)."""
     forbidden = np.zeros((split.n_users, split.n_items), dtype=bool)
     for part in (split.train, split.valid, split.test):
         forbidden[part[:, 0], part[:, 1]] = True
-    rows = np.repeat(np.arange(split.n_users), split.eval_negatives.shape[1])
-    forbidden[rows, split.eval_negatives.ravel()] = True
+    for negatives in (split.valid_negatives, split.test_negatives):
+        rows, columns = np.nonzero(negatives != PAD)
+        forbidden[rows, negatives[rows, columns]] = True
     return forbidden
 
 
@@ -45,8 +46,8 @@ def negative_pool(split: Split) -> NegativePool:
     empty = np.flatnonzero(sizes == 0)
     if empty.size:
         raise ValueError(f"user index {int(empty[0])} (and {empty.size - 1} more) has no item left for training "
-                         "negatives after removing its positives and evaluation negatives; lower "
-                         "datasets.<name>.eval_negatives in params.yaml")
+                         "negatives after removing its positives and validation and test negatives; "
+                         "lower datasets.<name>.eval_negatives in params.yaml")
     indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     indices = np.nonzero(allowed)[1].astype(np.int32)  # row-major, so grouped by user and sorted
     return NegativePool(indptr, indices)

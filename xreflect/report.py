@@ -26,9 +26,15 @@ def aggregate(per_split: list[dict[str, float]]) -> dict[str, dict]:
     return out
 
 
-def markdown_table(results: dict[str, dict[str, dict]], metrics: list[str], baseline: str | None) -> str:
+# Under full ranking Item Popularity ranks each user's unseen items: no sampled candidates to name.
+FULL_RANKING_LABELS = {"popularity": "Item Popularity (unseen items)"}
+
+
+def markdown_table(results: dict[str, dict[str, dict]], metrics: list[str], baseline: str | None,
+                   labels: dict[str, str] | None = None) -> str:
     """Rows of mean ± std like the paper's tables, the best mean in bold, and the relative gain
-    against `baseline` for strategies that beat it."""
+    against `baseline` for strategies that beat it. `labels` overrides row names of LABELS."""
+    names = {**LABELS, **(labels or {})}
     header = "| Strategy | " + " | ".join(m.replace("precision", "Precision").replace("recall", "Recall")
                                          .replace("ndcg", "NDCG") for m in metrics) + " |"
     lines = [header, "|---" * (len(metrics) + 1) + "|"]
@@ -48,5 +54,17 @@ def markdown_table(results: dict[str, dict[str, dict]], metrics: list[str], base
                 if base > 0 and mean > base:
                     cell += f" (+{100 * (mean - base) / base:.2f}%)"
             cells.append(cell)
-        lines.append(f"| {LABELS.get(strategy, strategy)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {names.get(strategy, strategy)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def ordering(results: dict[str, dict[str, dict]], metric: str, strategies: list[str],
+             labels: dict[str, str] | None = None) -> str:
+    """`strategies` from the best mean `metric` to the worst, e.g. "Text + Image > Text = KAR"."""
+    names = {**LABELS, **(labels or {})}
+    ranked = sorted(strategies, key=lambda s: -results[s][metric]["mean"])
+    out = names.get(ranked[0], ranked[0])
+    for before, strategy in zip(ranked, ranked[1:]):
+        tie = results[strategy][metric]["mean"] == results[before][metric]["mean"]
+        out += f" {'=' if tie else '>'} {names.get(strategy, strategy)}"
+    return out

@@ -1,7 +1,7 @@
 """The paper's Tables 2-6 from DVC experiments or commits, with the paper's numbers beside ours.
 
     python -m xreflect.tables --exp gpt4v=<rev> --exp internlm=<rev> --exp llava=<rev> \
-        [--md tables.md] [--csv tables.csv]
+        [--protocol sampled|full] [--md tables.md] [--csv tables.csv]
 
 Each --exp NAME=REV reads metrics/detail.json at REV (a commit, branch, DVC experiment or
 `workspace`); the dataset and backbone it records decide where it goes. The main backbone
@@ -9,11 +9,15 @@ Each --exp NAME=REV reads metrics/detail.json at REV (a commit, branch, DVC expe
 Table 2 (@10), Table 3 (@1) and Table 6 (keyword variant); InternLM fills Table 4 and LLaVA Table 5;
 any other backbone gets a table shaped like them. Several experiments in one table become column
 groups side by side (e.g. MovieLens-1M and Amazon-Software, or a base branch and a pull request).
+`--protocol full` builds the same tables, tests included, from the full-ranking results
+(detail.json's `full_results`, same shape as the sampled `results`); the paper's values, all
+sampled but for Item Popularity, are then left out.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ from xreflect.revisions import Revision, RevisionError, parse_exp_arg, read_json
 from xreflect.significance import mark, paired_test, smallest_wilcoxon_p
 
 DETAIL = "metrics/detail.json"
+RESULT_KEYS = {"sampled": "results", "full": "full_results"}  # detail.json's key per protocol
 PAPER_FILE = Path(__file__).with_name("paper_tables.csv")
 PAPER_DATASETS = {"movielens-1m": "MovieLens-1M", "amazon-software": "Amazon-Software"}
 AT10 = ["precision@10", "recall@10", "ndcg@10"]
@@ -76,14 +81,15 @@ class Experiment:
     results: dict[str, dict[str, dict]]
 
 
-def load_experiment(root: Path, revision: Revision) -> Experiment:
+def load_experiment(root: Path, revision: Revision, protocol: str = "sampled") -> Experiment:
     detail = read_json(root, revision, DETAIL)
     where = f"{DETAIL} at {revision.name}={revision.rev} ({revision.short})"
-    missing = [key for key in ("dataset", "backbone", "n_splits", "results") if key not in detail]
+    key = RESULT_KEYS[protocol]
+    missing = [k for k in ("dataset", "backbone", "n_splits", key) if k not in detail]
     if missing:
-        raise RevisionError(f"{where} lacks {missing}; rerun the evaluate stage at that revision")
-    return Experiment(revision, detail["dataset"], detail["backbone"], int(detail["n_splits"]),
-                      detail["results"])
+        raise RevisionError(f"{where} lacks {missing}; rerun the evaluate stage at that revision"
+                            + (" (the full-ranking protocol is newer than it)" if key in missing and protocol == "full" else ""))
+    return Experiment(revision, detail["dataset"], detail["backbone"], int(detail["n_splits"]), detail[key])
 
 
 def load_paper(path: Path = PAPER_FILE) -> dict[tuple[int, str, str, str], tuple[float, float]]:
@@ -286,14 +292,19 @@ def to_csv(tables: list[Table]) -> str:
 
 
 def build_tables(root: Path, exp_args: list[str], baseline: str = "text_image",
-                 main_backbone: str | None = None, with_paper: bool = True) -> list[Table]:
+                 main_backbone: str | None = None, with_paper: bool = True,
+                 protocol: str = "sampled") -> list[Table]:
     pairs = [parse_exp_arg(arg) for arg in exp_args]
     names = [name for name, _ in pairs]
     if len(set(names)) != len(names):
         raise RevisionError(f"--exp names must be unique, got {names}")
-    experiments = [load_experiment(root, resolve(root, name, rev)) for name, rev in pairs]
-    paper = load_paper() if with_paper else None
-    return [build_table(spec, exps, baseline, paper) for spec, exps in assign(experiments, main_backbone)]
+    experiments = [load_experiment(root, resolve(root, name, rev), protocol) for name, rev in pairs]
+    # The paper's numbers are sampled-protocol ones: beside full-ranking results they would mislead.
+    paper = load_paper() if with_paper and protocol == "sampled" else None
+    plan = assign(experiments, main_backbone)
+    if protocol == "full":
+        plan = [(dataclasses.replace(spec, title=f"{spec.title}, full ranking"), exps) for spec, exps in plan]
+    return [build_table(spec, exps, baseline, paper) for spec, exps in plan]
 
 
 def to_markdown(tables: list[Table], baseline: str) -> str:
@@ -307,12 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="text_image", help="gains and tests against this strategy")
     parser.add_argument("--main-backbone", help="the backbone of Tables 2, 3 and 6 (default: gpt4v if given)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper's published values")
+    parser.add_argument("--protocol", choices=sorted(RESULT_KEYS), default="sampled",
+                        help="sampled candidates (the paper's) or full ranking (default: sampled)")
     parser.add_argument("--md", type=Path, help="write the Markdown here (default: print it)")
     parser.add_argument("--csv", type=Path, help="write the CSV (one row per cell, with p-values) here")
     parser.add_argument("--repo", type=Path, default=Path("."), help="the repository (default: here)")
     args = parser.parse_args(argv)
     try:
-        tables = build_tables(args.repo.resolve(), args.exp, args.baseline, args.main_backbone, not args.no_paper)
+        tables = build_tables(args.repo.resolve(), args.exp, args.baseline, args.main_backbone, not args.no_paper,
+                              args.protocol)
     except RevisionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,13 +1,20 @@
 """Per-user random splits, evaluation candidates and the stored split format.
 
-A split file `data/splits/split_<k>.npz` holds, with users and items as contiguous indices
-(rows of data/filtered/users.csv and data/filtered/items.jsonl):
+A split file `data/splits/split_<k>.npz` (format 2) holds, with users and items as contiguous
+indices (rows of data/filtered/users.csv and data/filtered/items.jsonl):
   train, valid, test   int32 [n, 2] (user, item) pairs
-  eval_negatives       int32 [n_users, n_negatives]: items the user never interacted with, drawn
-                       once per split and shared by validation and test candidates
+  valid_negatives      int32 [n_users, n_negatives]: the user's validation negatives
+  test_negatives       int32 [n_users, n_negatives]: the user's test negatives, disjoint from the
+                       validation ones, so selection never sees the negatives the test uses; both
+                       are items the user never interacted with; -1 pads the rows of the few users
+                       with too few such items (see sample_eval_negatives)
   n_users, n_items     scalars
+  seed                 the seed the split was drawn with (training seeds itself from it per split)
+  format_version       2; format 1 (one `eval_negatives` set shared by validation and test) is
+                       refused with the fix, never misread
 Training negatives are drawn elsewhere (xreflect.negatives) from the items that are neither a
-positive of the user (in any part) nor one of the user's evaluation negatives, as the paper requires.
+positive of the user (in any part) nor one of the user's validation or test negatives, as the
+paper requires.
 """
 from __future__ import annotations
 
@@ -18,28 +25,42 @@ import numpy as np
 
 from xreflect.io import write_npz
 
+FORMAT_VERSION = 2
+PAD = -1  # fills negative rows of users with fewer than n_negatives per set
+
 
 @dataclass(frozen=True)
 class Split:
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
-    eval_negatives: np.ndarray
+    valid_negatives: np.ndarray
+    test_negatives: np.ndarray
     n_users: int
     n_items: int
+    seed: int = 0
 
     def positives(self, part: str) -> np.ndarray:
         return {"train": self.train, "valid": self.valid, "test": self.test}[part]
 
+    def negatives(self, part: str) -> np.ndarray:
+        return {"valid": self.valid_negatives, "test": self.test_negatives}[part]
+
     def save(self, path: str | Path) -> None:
         write_npz(path, train=self.train, valid=self.valid, test=self.test,
-                  eval_negatives=self.eval_negatives, n_users=self.n_users, n_items=self.n_items)
+                  valid_negatives=self.valid_negatives, test_negatives=self.test_negatives,
+                  n_users=self.n_users, n_items=self.n_items, seed=self.seed, format_version=FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":
         with np.load(path) as data:
-            return cls(data["train"], data["valid"], data["test"], data["eval_negatives"],
-                       int(data["n_users"]), int(data["n_items"]))
+            version = int(data["format_version"]) if "format_version" in data.files else 1
+            if version != FORMAT_VERSION:
+                raise ValueError(f"{path}: split format {version}, but this code reads format {FORMAT_VERSION} "
+                                 "(separate validation and test negatives); rebuild the splits with "
+                                 "`dvc repro -f split` (or `python stages/split.py`)")
+            return cls(data["train"], data["valid"], data["test"], data["valid_negatives"],
+                       data["test_negatives"], int(data["n_users"]), int(data["n_items"]), int(data["seed"]))
 
 
 def split_counts(n: np.ndarray, ratio: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,39 +91,67 @@ def split_user_interactions(pairs: np.ndarray, ratio: tuple[float, float, float]
     return train, valid, test
 
 
-def sample_eval_negatives(pairs: np.ndarray, n_users: int, n_items: int, n_negatives: int,
-                          rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
-    """`n_negatives` distinct items per user, uniformly among the items the user never interacted
-    with: random keys per (user, item), positives pushed to +inf, the smallest keys kept."""
-    counts = np.bincount(pairs[:, 0], minlength=n_users)
-    short = np.flatnonzero(n_items - counts < n_negatives)
+def negatives_per_set(counts: np.ndarray, n_items: int, n_negatives: int) -> np.ndarray:
+    """Validation (and test) negatives per user: `n_negatives`, or for a user with fewer than
+    2 * n_negatives + 1 items never interacted with, half of those items minus one, so the two sets
+    stay disjoint and at least one item is left for training negatives."""
+    unobserved = n_items - counts
+    per_set = np.minimum(n_negatives, (unobserved - 1) // 2)
+    short = np.flatnonzero(per_set < 1)
     if short.size:
-        raise ValueError(f"user index {int(short[0])} has only {n_items - counts[short[0]]} items "
-                         f"without an interaction, fewer than eval_negatives={n_negatives}; "
-                         "lower datasets.<name>.eval_negatives in params.yaml")
+        raise ValueError(f"user index {int(short[0])} has only {int(unobserved[short[0]])} item(s) without an "
+                         "interaction; it needs at least 3 (a validation negative, a test negative and a "
+                         "training negative); raise datasets.<name>.min_interactions or filter such users")
+    return per_set
+
+
+def sample_eval_negatives(pairs: np.ndarray, n_users: int, n_items: int, n_negatives: int,
+                          rng: np.random.Generator, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint sets of `n_negatives` distinct items per user (validation, test), uniformly among
+    the items the user never interacted with: random keys per (user, item), positives pushed to
+    +inf; the smallest keys go to validation, the next ones to test. Rows are sorted, PAD-filled
+    for users short of items (negatives_per_set)."""
+    counts = np.bincount(pairs[:, 0], minlength=n_users)
+    per_set = negatives_per_set(counts, n_items, n_negatives)
     positive = np.zeros((n_users, n_items), dtype=bool)
     positive[pairs[:, 0], pairs[:, 1]] = True
-    out = np.empty((n_users, n_negatives), dtype=np.int32)
+    width = min(2 * n_negatives, n_items)
+    column = np.arange(n_negatives)
+    valid = np.empty((n_users, n_negatives), dtype=np.int32)
+    test = np.empty((n_users, n_negatives), dtype=np.int32)
     for start in range(0, n_users, chunk):
-        keys = rng.random((min(chunk, n_users - start), n_items), dtype=np.float32)
-        keys[positive[start:start + chunk]] = np.inf
-        chosen = np.argpartition(keys, n_negatives - 1, axis=1)[:, :n_negatives]
-        out[start:start + chunk] = np.sort(chosen, axis=1)
-    return out
+        rows = slice(start, min(start + chunk, n_users))
+        keys = rng.random((rows.stop - start, n_items), dtype=np.float32)
+        keys[positive[rows]] = np.inf
+        chosen = np.argpartition(keys, width - 1, axis=1)[:, :width]
+        ranked = np.take_along_axis(chosen, np.argsort(np.take_along_axis(keys, chosen, 1), axis=1), 1)
+        m = per_set[rows, None]
+        used = column < m
+        # Clipped columns only ever land on unused (padded) entries: 2 * m <= width - 1.
+        valid[rows] = _sorted_padded(np.take_along_axis(ranked, np.minimum(column, width - 1)[None], 1), used)
+        test[rows] = _sorted_padded(np.take_along_axis(ranked, np.minimum(m + column, width - 1), 1), used)
+    return valid, test
+
+
+def _sorted_padded(items: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Each row's used items sorted, then PAD."""
+    big = np.iinfo(np.int64).max
+    out = np.sort(np.where(used, items, big), axis=1)
+    return np.where(out == big, PAD, out).astype(np.int32)
 
 
 def make_split(pairs: np.ndarray, n_users: int, n_items: int, ratio: tuple[float, float, float],
                n_negatives: int, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     train, valid, test = split_user_interactions(pairs, ratio, rng)
-    negatives = sample_eval_negatives(pairs, n_users, n_items, n_negatives, rng)
+    valid_negatives, test_negatives = sample_eval_negatives(pairs, n_users, n_items, n_negatives, rng)
     as32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
-    return Split(as32(train), as32(valid), as32(test), negatives, n_users, n_items)
+    return Split(as32(train), as32(valid), as32(test), valid_negatives, test_negatives, n_users, n_items, seed)
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """Each user's evaluation candidates as a padded matrix: held-out positives, then negatives."""
+    """Each user's evaluation candidates as a padded matrix: held-out positives, then that part's negatives."""
     items: np.ndarray   # int64 [n_users, width]
     labels: np.ndarray  # bool  [n_users, width]; True for held-out positives
     mask: np.ndarray    # bool  [n_users, width]; False for padding
@@ -115,13 +164,13 @@ def candidates(split: Split, part: str) -> Candidates:
     pos = pos[order]
     counts = np.bincount(pos[:, 0], minlength=split.n_users)
     width_pos = int(counts.max())
-    n_neg = split.eval_negatives.shape[1]
-    items = np.zeros((split.n_users, width_pos + n_neg), dtype=np.int64)
+    negatives = split.negatives(part)
+    items = np.zeros((split.n_users, width_pos + negatives.shape[1]), dtype=np.int64)
     mask = np.zeros_like(items, dtype=bool)
     column = np.arange(len(pos)) - np.repeat(np.cumsum(counts) - counts, counts)
     items[pos[:, 0], column] = pos[:, 1]
     mask[pos[:, 0], column] = True
     labels = mask.copy()
-    items[:, width_pos:] = split.eval_negatives
-    mask[:, width_pos:] = True
+    items[:, width_pos:] = np.maximum(negatives, 0)
+    mask[:, width_pos:] = negatives != PAD
     return Candidates(items, labels, mask)

@@ -29,6 +29,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"     # the towers' matmul dtype: auto | fp32 | bf16 (training/precision.py)
     executor: str = "local"     # where the grid jobs run: local | ray (training/executor.py)
+    normalize_sources: bool = False  # L2-normalise each embedding source's rows before concatenating
 
     @classmethod
     def from_params(cls, section: dict | None) -> "TrainConfig":
@@ -56,6 +57,10 @@ class TrainConfig:
                 values[name] = value
             elif name == "select_metric":
                 values[name] = _metric_name(value)
+            elif name == "normalize_sources":
+                if not isinstance(value, bool):
+                    raise ValueError(f"params.yaml: train.normalize_sources must be true or false, got {value!r}")
+                values[name] = value
             elif name == "weight_decay":
                 if not _is_number(value) or value < 0:
                     raise ParamsError(f"params.yaml: train.weight_decay must be a number >= 0, got {value!r}")

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, point_losses, seed_for
+from xreflect.data.split import Split
+from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, point_losses
 from xreflect.negatives import NegativePool, sample_negatives
 from xreflect.training.config import TrainConfig
+from xreflect.training.seeds import epoch_seed
 
 
 @dataclass(frozen=True)
@@ -21,11 +23,12 @@ class Samples:
         return len(self.users)
 
 
-def epoch_samples(train: np.ndarray, pool: NegativePool, config: TrainConfig, epoch: int,
+def epoch_samples(split: Split, pool: NegativePool, config: TrainConfig, epoch: int,
                   device: torch.device) -> Samples:
     """The epoch's shuffled samples: every training positive plus `negatives_per_positive` freshly
-    drawn negatives per positive. Depends only on the seed and the epoch number."""
-    rng = np.random.default_rng(seed_for(config.seed, "epoch", epoch))
+    drawn negatives per positive. Depends only on the seeds, the split and the epoch number."""
+    rng = np.random.default_rng(epoch_seed(config, split, epoch))
+    train = split.train
     neg_users = np.repeat(train[:, 0].astype(np.int64), config.negatives_per_positive)
     neg_items = sample_negatives(pool, neg_users, rng)
     users = np.concatenate([train[:, 0].astype(np.int64), neg_users])

@@ -31,6 +31,7 @@ class GridJob:
     split_path: Path
     config: TrainConfig
     store: PointStore | None
+    full_k: int | None = None  # keep the chosen model's top-full_k test items (full-ranking protocol)
 
 
 def run_grid_jobs(jobs: list[GridJob], features: np.ndarray, executor: str = "local",
@@ -43,4 +44,5 @@ def run_grid_jobs(jobs: list[GridJob], features: np.ndarray, executor: str = "lo
     if executor != "local":
         raise ValueError(f"params.yaml: train.executor is {executor!r}; use one of local, ray")
     for job in jobs:
-        yield job, train_grid(Split.load(job.split_path), features, job.config, job.store, log=log, label=job.label)
+        yield job, train_grid(Split.load(job.split_path), features, job.config, job.store, log=log, label=job.label,
+                              full_k=job.full_k)

@@ -1,4 +1,7 @@
-"""Item-tower inputs: the strategy's embedding sources concatenated column-wise."""
+"""Item-tower inputs: the strategy's embedding sources concatenated column-wise, each optionally
+scaled to unit L2 norm per item first (train.normalize_sources), so that no source dominates the
+input scale only because its encoder emits larger vectors (Sentence-BERT rows have norm 1, raw CLIP
+image features about 10)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 
-def load_features(paths: list[Path]) -> np.ndarray:
-    """Concatenate float32 [n_items, d] embedding files column-wise, in the given order."""
+def load_features(paths: list[Path], normalize: bool = False) -> np.ndarray:
+    """Concatenate float32 [n_items, d] embedding files column-wise, in the given order; with
+    `normalize`, each file's rows are first scaled to unit L2 norm (all-zero rows stay zero)."""
     arrays = []
     for path in paths:
         if not Path(path).exists():
@@ -18,5 +22,11 @@ def load_features(paths: list[Path]) -> np.ndarray:
         if arrays and len(array) != len(arrays[0]):
             raise ValueError(f"{path}: {len(array)} rows, but {paths[0]} has {len(arrays[0])}; "
                              "every embedding source must have one row per item")
-        arrays.append(array.astype(np.float32, copy=False))
+        array = array.astype(np.float32, copy=False)
+        arrays.append(l2_normalize(array) if normalize else array)
     return np.concatenate(arrays, axis=1)
+
+
+def l2_normalize(array: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.where(norms > 0, norms, 1.0)

@@ -9,7 +9,8 @@ never looked at before that.
 Grid points train in a `StackedTwoTower` (see xreflect/model.py): all together on a GPU or for
 small data, one at a time on the CPU for large data (see default_stack_size); in a stack each keeps
 its own early stopping and leaves when it stops. A grid point's random streams (initialisation,
-dropout, negatives, batch order) depend only on the seed and the point itself, so training a point
+dropout, negatives, batch order) depend only on the seed, the split and the point itself
+(xreflect/training/seeds.py), so training a point
 alone or beside others, or resuming after an interruption, gives the same result (up to float
 rounding of batched matmuls).
 """
@@ -26,12 +27,14 @@ import torch
 from xreflect.data.split import Candidates, Split, candidates
 from xreflect.io import log_stderr
 from xreflect.metrics import torch_topk_metrics
-from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, score_state, seed_for
+from xreflect.full_ranking import full_top_items
+from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, score_matrix
 from xreflect.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_stacked
 from xreflect.training.precision import DTYPES, resolve_precision
 from xreflect.training.results import PointResult, StrategyResult
+from xreflect.training.seeds import dropout_seed, init_seed
 from xreflect.training.store import PointStore
 
 Log = Callable[[str], None]
@@ -97,15 +100,15 @@ def train_points(split: Split, features: torch.Tensor, config: TrainConfig, poin
     pool = negative_pool(split)
     valid = EvalSet.of(candidates(split, "valid"), device)
     init = init_state(split.n_users, features.shape[1], list(config.item_hidden), config.dim,
-                      seed_for(config.seed, "init"))
+                      init_seed(config, split))
     model = StackedTwoTower([init] * len(points), features, [p.dropout for p in points],
-                            [seed_for(config.seed, "dropout", p.lr, p.dropout) for p in points], DTYPES[precision])
+                            [dropout_seed(config, split, p) for p in points], DTYPES[precision])
     optimizer = StackedAdamW(model.params, [p.lr for p in points], config.weight_decay)
     trackers = [Tracker(p) for p in points]
     metric, ks = config.select_metric, metric_ks(config)
     start = time.perf_counter()
     for epoch in range(1, config.max_epochs + 1):
-        losses = train_epoch_stacked(model, optimizer, epoch_samples(split.train, pool, config, epoch, device),
+        losses = train_epoch_stacked(model, optimizer, epoch_samples(split, pool, config, epoch, device),
                                      config.batch_size)
         if not is_eval_epoch(epoch, config):
             continue
@@ -153,8 +156,9 @@ def default_stack_size(device: torch.device, n_points: int, samples_per_epoch: i
 
 def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: PointStore | None = None,
                device: torch.device | None = None, log: Log = log_stderr, label: str = "",
-               stack_size: int | None = None) -> StrategyResult:
-    """Train the whole lr x dropout grid on one split, choose on validation, score test once."""
+               stack_size: int | None = None, full_k: int | None = None) -> StrategyResult:
+    """Train the whole lr x dropout grid on one split, choose on validation, score test once (and,
+    with `full_k`, keep the chosen model's top-`full_k` test items under the full-ranking protocol)."""
     device = device or default_device()
     feats = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
     if feats.shape[0] != split.n_items:
@@ -183,7 +187,7 @@ def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: P
     chosen = grid[best_point([done[p][0] for p in grid], config)]
     if done[chosen][1] is None:  # its checkpoint was pruned under an earlier grid: retrain it alone
         train_points(split, feats, config, [chosen], finish, log, label)
-    result = select_and_test(split, feats, config, [done[p] for p in grid], grid.index(chosen))
+    result = select_and_test(split, feats, config, [done[p] for p in grid], grid.index(chosen), full_k)
     if store is not None:
         store.prune(grid, keep=chosen)
     return result
@@ -195,17 +199,20 @@ def best_point(results: list[PointResult], config: TrainConfig) -> int:
 
 
 def select_and_test(split: Split, features: torch.Tensor, config: TrainConfig,
-                    trained: list[tuple[PointResult, State | None]], chosen: int | None = None) -> StrategyResult:
+                    trained: list[tuple[PointResult, State | None]], chosen: int | None = None,
+                    full_k: int | None = None) -> StrategyResult:
     """Choose the grid point with the best validation metric (first in grid order on ties) unless
-    `chosen` says which; only then score the test candidates, once, with its best checkpoint."""
+    `chosen` says which; only then score the test candidates, once, with its best checkpoint (and,
+    with `full_k`, rank the whole catalog for the full-ranking protocol from the same scores)."""
     chosen = best_point([r for r, _ in trained], config) if chosen is None else chosen
     result, state = trained[chosen]
     assert state is not None, "the chosen grid point has no checkpoint"
     valid, test = candidates(split, "valid"), candidates(split, "test")
     device = features.device
-    users = torch.arange(split.n_users, device=device)
     with torch.no_grad():
-        valid_scores = score_state(state, features, users, torch.as_tensor(valid.items, device=device))
-        test_scores = score_state(state, features, users, torch.as_tensor(test.items, device=device))
+        scores = score_matrix(state, features, torch.arange(split.n_users, device=device))
+        valid_scores = scores.gather(1, torch.as_tensor(valid.items, device=device))
+        test_scores = scores.gather(1, torch.as_tensor(test.items, device=device))
+        full_top = None if full_k is None else full_top_items(scores, split, "test", full_k)
     return StrategyResult([r for r, _ in trained], chosen, valid_scores.cpu().numpy().astype(np.float32),
-                          test_scores.cpu().numpy().astype(np.float32), result.valid_metrics)
+                          test_scores.cpu().numpy().astype(np.float32), result.valid_metrics, full_top)

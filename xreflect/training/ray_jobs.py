@@ -56,7 +56,7 @@ class MemoryStore:
 
 
 def grid_job(split: Split, features: np.ndarray, config: TrainConfig, restored: Points, threads: int,
-             label: str) -> tuple[StrategyResult, Points]:
+             label: str, full_k: int | None = None) -> tuple[StrategyResult, Points]:
     """One grid job on a worker: train_grid with the points already done, as the local executor."""
     import torch  # noqa: PLC0415
 
@@ -65,7 +65,7 @@ def grid_job(split: Split, features: np.ndarray, config: TrainConfig, restored: 
     torch.set_num_threads(threads)
     store = MemoryStore(restored)
     features = np.array(features)  # a writable copy: Ray's shared copy is read-only
-    return train_grid(split, features, config, store, label=label), store.points
+    return train_grid(split, features, config, store, label=label, full_k=full_k), store.points
 
 
 def ray_module():
@@ -129,7 +129,8 @@ def run_on_ray(jobs: list[GridJob], features: np.ndarray, log: Callable[[str], N
                 loaded = job.store.load(point) if job.store is not None else None
                 if loaded is not None:
                     restored[point] = loaded
-            ref = remote.remote(Split.load(job.split_path), features_ref, job.config, restored, cpus, job.label)
+            ref = remote.remote(Split.load(job.split_path), features_ref, job.config, restored, cpus, job.label,
+                                job.full_k)
             pending[ref] = job
         log(f"train: {len(jobs)} grid job(s) submitted to Ray, {cpus} CPU(s) and {gpus:g} GPU(s) each")
         failed = []

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 from xreflect.data.split import Split, candidates
-from xreflect.model import State, TwoTower, init_state, score_state, seed_for
+from xreflect.model import State, TwoTower, init_state, score_state
 from xreflect.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_reference
 from xreflect.training.grid import EvalSet, Tracker, default_device, metric_ks
 from xreflect.training.results import PointResult
+from xreflect.training.seeds import dropout_seed, init_seed
 
 
 def train_reference(split: Split, features: np.ndarray, config: TrainConfig, point: GridPoint,
@@ -25,13 +26,13 @@ def train_reference(split: Split, features: np.ndarray, config: TrainConfig, poi
     pool = negative_pool(split)
     valid = EvalSet.of(candidates(split, "valid"), device)
     init = init_state(split.n_users, feats.shape[1], list(config.item_hidden), config.dim,
-                      seed_for(config.seed, "init"))
-    torch.manual_seed(seed_for(config.seed, "dropout", point.lr, point.dropout))
+                      init_seed(config, split))
+    torch.manual_seed(dropout_seed(config, split, point))
     model = TwoTower(init, feats, point.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=point.lr, weight_decay=config.weight_decay)
     tracker, start, epoch = Tracker(point), time.perf_counter(), 0
     for epoch in range(1, config.max_epochs + 1):
-        train_epoch_reference(model, optimizer, epoch_samples(split.train, pool, config, epoch, device),
+        train_epoch_reference(model, optimizer, epoch_samples(split, pool, config, epoch, device),
                               config.batch_size)
         if is_eval_epoch(epoch, config):
             state = model.state()

@@ -20,7 +20,7 @@ XREFLECT = Path(__file__).resolve().parents[1]
 # The code that decides what a finished grid point contains; editing it invalidates the store.
 TRAINER_CODE = [XREFLECT / "model.py", XREFLECT / "negatives.py", XREFLECT / "training" / "config.py",
                 XREFLECT / "training" / "epochs.py", XREFLECT / "training" / "grid.py",
-                XREFLECT / "training" / "precision.py"]
+                XREFLECT / "training" / "precision.py", XREFLECT / "training" / "seeds.py"]
 
 
 class PointStore(Protocol):
