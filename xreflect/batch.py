@@ -22,7 +22,7 @@ The same input file works with vLLM's offline batch runner:
     vllm run-batch -i .cache/batches/cot.jsonl -o out.jsonl --model <backbones.<name>.model>
 
 Chained prompts (kar after kar_factors; xr_separate after its L_text/L_image prompts) need their
-parents' response files: run the parents' batches, `dvc repro generate_<parent>`, then the child.
+parents' response files: run the parents' batches, `dvc repro generate@<strategy>` for a strategy that uses the parent, then the child.
 """
 from __future__ import annotations
 
