@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategy", required=True)
     strategy = parser.parse_args(argv).strategy
     params = load_params()
-    validate_params(params)  # every -S typo fails here, before a download is used or a request is paid
+    validate_params(params)  # every -S typo fails here, before any request is sent or paid for
     prompts = prompts_for(strategy_sources(params, strategy), params)
     out_dir = RESPONSES_DIR / strategy
     out_dir.mkdir(parents=True, exist_ok=True)
