@@ -26,12 +26,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; befor
 
 import numpy as np
 
-from xreflect.config import load_params, strategy_sources
+from xreflect.core.config import load_params, strategy_sources
 from xreflect.data.split import Split
-from xreflect.full_ranking import full_metrics
-from xreflect.io import log_stderr, write_json
-from xreflect.pipeline import embedding_path, split_paths
-from xreflect.report import split_metrics
+from xreflect.evaluation.full_ranking import full_metrics
+from xreflect.core.io import log_stderr, write_json
+from xreflect.core.paths import embedding_path, split_paths
+from xreflect.evaluation.report import split_metrics
 from xreflect.training.baselines import popularity
 from xreflect.training.config import train_config
 from xreflect.training.features import l2_normalize, load_features

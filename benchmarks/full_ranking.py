@@ -6,7 +6,7 @@
 Builds the synthetic problem of benchmarks/train_speed.py, then for one model of the paper's size
 (item tower 512-256-128 over 1,152-d inputs: three 384-d sources, as X-REFLECT) times what the
 train stage adds per split and strategy (the whole-catalog score matrix and each user's top-k test
-items, xreflect/full_ranking.py) and what the evaluate stage adds (metrics from those items), next
+items, xreflect/evaluation/full_ranking.py) and what the evaluate stage adds (metrics from those items), next
 to one validation evaluation under the sampled protocol and one training epoch of one grid point.
 Times are medians of --repeats runs; memory is the process's peak RSS growth on the CPU (or the
 peak allocated GPU memory), measured around the full-ranking steps only.
@@ -24,9 +24,9 @@ import torch
 
 from benchmarks.train_speed import SCALES, peak_memory_mb, sync, synthetic_problem
 from xreflect.data.split import candidates
-from xreflect.full_ranking import full_metrics, full_top_items
-from xreflect.model import StackedAdamW, StackedTwoTower, init_state, score_matrix
-from xreflect.negatives import negative_pool
+from xreflect.evaluation.full_ranking import full_metrics, full_top_items
+from xreflect.training.model import StackedAdamW, StackedTwoTower, init_state, score_matrix
+from xreflect.training.negatives import negative_pool
 from xreflect.training.config import TrainConfig
 from xreflect.training.epochs import epoch_samples, train_epoch_stacked
 from xreflect.training.grid import EvalSet, default_device

@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 'device', torch.cuda.get_device_name(), 'bf16', torch.cuda.is_bf16_supported())"
 
 step tests 90 env XREFLECT_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -x \
-    tests/test_model.py tests/test_metrics.py tests/test_train.py tests/test_precision.py
+    tests/training/test_model.py tests/evaluation/test_metrics.py tests/training/test_train.py tests/training/test_precision.py
 step benchmark 120 "$PY" -m benchmarks.train_speed --scale ml1m --epochs 85 --precisions fp32 bf16
 step bf16_check 220 "$PY" -m benchmarks.precision_check --scale ml1m --dim 384 --epochs 10 --seeds 0 1 2
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv

@@ -6,7 +6,7 @@ On the benchmark's synthetic problem (benchmarks/train_speed.py), every grid poi
 grid (or the --lr/--dropout ones) trains for exactly --epochs epochs in each dtype, once per seed
 (the seed sets initialisation, dropout and negatives). bf16 passes when the difference of the two
 means is within the seed-to-seed spread (the larger of the two ranges over seeds). Not a test:
-tests/test_precision.py runs the same check at small scale.
+tests/training/test_precision.py runs the same check at small scale.
 """
 from __future__ import annotations
 

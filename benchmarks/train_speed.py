@@ -30,9 +30,9 @@ import torch
 
 
 from xreflect.data.split import Split, candidates, make_split
-from xreflect.model import (BF16_ROW_STEP, StackedAdamW, StackedTwoTower, TwoTower, init_state, layer_sizes,
+from xreflect.training.model import (BF16_ROW_STEP, StackedAdamW, StackedTwoTower, TwoTower, init_state, layer_sizes,
                             pad_rows)
-from xreflect.negatives import negative_pool
+from xreflect.training.negatives import negative_pool
 from xreflect.training.config import TrainConfig
 from xreflect.training.epochs import (Samples, batches, epoch_samples, train_epoch_reference,
                                       train_epoch_stacked)

@@ -1,4 +1,4 @@
-"""Write the sha256 manifest of a poster set from its files (see xreflect/data/poster_manifest.py).
+"""Write the sha256 manifest of a poster set from its files (see xreflect/data/sources/poster_manifest.py).
 
 The default MovieLens-1M posters are `MovieImages/<MovieID>.jpg` of the GitHub repository
 liangfgithub/liangfgithub.github.io at commit 8cf902e1a38b87db1a24e080512ec55596dac41a:
@@ -6,7 +6,7 @@ liangfgithub/liangfgithub.github.io at commit 8cf902e1a38b87db1a24e080512ec55596
     git clone https://github.com/liangfgithub/liangfgithub.github.io posters-src
     git -C posters-src archive 8cf902e1a38b87db1a24e080512ec55596dac41a MovieImages | tar x -C /tmp/posters
     python scripts/build_poster_manifest.py /tmp/posters/MovieImages \
-        xreflect/data/manifests/movielens1m_posters.csv
+        xreflect/data/sources/manifests/movielens1m_posters.csv
 
 Only the hashes, sizes and ids go into the repository, never the images.
 """
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from xreflect.data.poster_manifest import manifest_csv, manifest_rows
-from xreflect.io import write_text
+from xreflect.data.sources.poster_manifest import manifest_csv, manifest_rows
+from xreflect.core.io import write_text
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """`dvc repro` end to end on a tiny demo configuration, in a throwaway copy of the repository.
 
 Slow-ish (a few minutes on 2 cores): it runs every stage of dvc.yaml for real, with the offline
-backbone and the packaged MiniLM, recording every file each stage reads (tests/audit), then checks
+backbone and the packaged MiniLM, recording every file each stage reads (tests/support/audit), then checks
 that each stage declares what it reads, no-op and selective reruns, `dvc metrics diff`, a strategy
 added through params.yaml alone, and a subset of strategies.
 """
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-AUDIT = Path(__file__).resolve().parent / "audit"
+AUDIT = Path(__file__).resolve().parent / "support" / "audit"
 TINY = {
     "datasets.demo.eval_negatives": 30,
     "datasets.demo.generator": {"seed": 3, "n_users": 60, "n_items": 90, "image_size": 48},
@@ -147,6 +147,11 @@ def test_the_audit_sees_a_read_that_is_not_declared(project):
     assert "xreflect/training/grid.py" in {source_of(p) for p in read}
 
 
+def ran_stages(log: str) -> set[str]:
+    """The stages a `dvc repro` log says it ran (not those it skipped or restored)."""
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+
+
 def stale_stages(work: Path, env: dict) -> set[str]:
     status = run("dvc", "status", cwd=work, env=env)
     return {line.rstrip(":").strip() for line in status.splitlines()
@@ -177,11 +182,15 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_dependents(projec
     run_list = yaml.safe_load((work / "params.yaml").read_text())["run"]
     # evaluate is not listed: its own deps (the models) change only once the train stages rerun
     assert stale_stages(work, env) == {"similarity"} | {f"train@{s}" for s in run_list}
-    run("dvc", "repro", "-q", cwd=work, env=env)
+    log = run("dvc", "repro", cwd=work, env=env)
+    # What the change guarantees: every train stage reran under the new value and recorded it. Whether
+    # a metric moves depends on where early stopping ended on this CPU, so no value is asserted.
+    assert {f"train@{s}" for s in run_list} <= ran_stages(log)
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert all(lock[f"train@{s}"]["params"]["params.yaml"]["train"]["max_epochs"] == 5 for s in run_list)
+    assert stale_stages(work, env) == set()
     diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=work, env=env).strip().splitlines()[-1])
-    rows = diff["metrics/summary.json"]
-    assert {f"{s}.recall@10" for s in run_list if s != "popularity"} <= set(rows)  # one row per strategy x metric
-    assert set(rows["text.recall@10"]) >= {"old", "new"}
+    assert set(diff) <= {"metrics/summary.json", "metrics/similarity.json", "metrics/word_counts.json"}
     commit(work, env, "shorter training")
 
 
@@ -234,3 +243,30 @@ def test_a_subset_of_strategies_runs_exactly_those(project):
     assert set(summary["full_ranking"]) == {"text", "xreflect"}
     similarity = json.loads((work / "metrics/similarity.json").read_text())
     assert similarity["left_out"] == ["visual_only", "llm_rec", "cot"]  # no strategy in run embeds them
+
+
+def every_out_exists(work: Path) -> list[str]:
+    """The outs of every stage in dvc.yaml that are missing from the workspace."""
+    return [f"{name}: {out}" for name, info in declared_stages(work).items()
+            for out in info["outs"] if not (work / out).exists()]
+
+
+@pytest.mark.parametrize("subset", [["popularity", "text"], ["text"], ["xreflect"], ["text", "cot", "text_image"]],
+                         ids=lambda s: "+".join(s))
+def test_a_run_subset_ends_with_rc_0_and_every_stage_accounted_for(project, subset):
+    """What a researcher without an API key tries first: `dvc exp run -S 'run=[...]'`. Every stage
+    either writes its outs or says why it has nothing to show, and the experiment is kept."""
+    work, env, _ = project
+    name = "subset-" + "-".join(subset).replace("_", "")
+    log = run("dvc", "exp", "run", "-n", name, "-S", f"run=[{','.join(subset)}]", cwd=work, env=env)
+    assert every_out_exists(work) == []
+    summary = json.loads((work / "metrics/summary.json").read_text())
+    assert set(summary) - {"full_ranking", "popularity_global"} == set(subset)
+    uses_prompt = any(s not in ("popularity", "text", "text_image") for s in subset)
+    if not uses_prompt:
+        assert "no strategy in `run`" in log and "uses a prompt" in log          # the gallery says why
+        assert "descriptions only" in (work / "reports/gallery.html").read_text()
+    similarity = json.loads((work / "metrics/similarity.json").read_text())
+    if "cot" not in subset and "xreflect" not in subset:
+        assert similarity.get("left_out")                                      # Figure 3 says what it lacks
+    assert name in run("dvc", "exp", "show", "--no-pager", "--csv", cwd=work, env=env)

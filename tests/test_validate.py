@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from xreflect.config import ParamsError, load_params
+from xreflect.core.config import ParamsError, load_params
 from xreflect.validate import validate_params
 
 SHIPPED = load_params()

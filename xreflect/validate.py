@@ -1,6 +1,6 @@
 """Every params.yaml value a stage reads, checked before any work starts.
 
-`validate_params(params)` raises xreflect.config.ParamsError at the first bad value, with one
+`validate_params(params)` raises xreflect.core.config.ParamsError at the first bad value, with one
 message naming the key (as `-S` would spell it), the value found, and what to put there instead.
 It covers what a `dvc exp run -S ...` typo produces: an unknown dataset, backbone, strategy or
 prompt id, a negative learning rate, a dropout rate >= 1, an empty grid, a failure fraction or
@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from xreflect.config import ParamsError, dataset_entry, registry_entry, run_strategies
-from xreflect.prompts import PROMPTS
-from xreflect.strategies import strategy_sources
+from xreflect.core.config import ParamsError, dataset_entry, registry_entry, run_strategies
+from xreflect.paper.prompts import PROMPTS
+from xreflect.paper.strategies import strategy_sources
 
 
 def _number(value: Any) -> bool:

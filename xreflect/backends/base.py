@@ -1,8 +1,8 @@
 """The interface every backbone implements, and the registry that picks one from params.yaml.
 
 A backbone turns prompt requests into responses. The pipeline never talks to a model directly: it
-builds `Request`s from the prompt templates (xreflect.prompts), looks them up in the response cache
-(xreflect.cache) and hands only the misses to `Backend.generate`, storing each response as soon as
+builds `Request`s from the prompt templates (xreflect.paper.prompts), looks them up in the response cache
+(xreflect.generation.cache) and hands only the misses to `Backend.generate`, storing each response as soon as
 it arrives so an interrupted stage resumes where it stopped.
 """
 from __future__ import annotations
@@ -12,12 +12,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
+from xreflect.core.config import ParamsError
+
 
 @dataclass(frozen=True)
 class Request:
     """One prompt for one item (or, for dataset-level prompts such as KAR's factor list, none)."""
 
-    template_id: str          # e.g. "cot"; see xreflect.prompts.PROMPTS
+    template_id: str          # e.g. "cot"; see xreflect.paper.prompts.PROMPTS
     template_version: int     # bumped whenever the template text changes
     prompt: str               # the fully rendered prompt text, exactly what a model receives
     item_id: str | None = None
@@ -87,12 +89,12 @@ PROVIDERS = {
 def create_backend(name: str, backbones: Mapping[str, Mapping[str, Any]]) -> Backend:
     """Build the backbone called `name` from the `backbones` registry of params.yaml."""
     if name not in backbones:
-        raise ValueError(f"params.yaml: backbone {name!r} is not defined; allowed values of "
+        raise ParamsError(f"params.yaml: backbone {name!r} is not defined; allowed values of "
                          f"'backbone' are {sorted(backbones)} (add an entry under 'backbones' for a new one)")
     config = backbones[name]
     provider = config.get("provider")
     if provider not in PROVIDERS:
-        raise ValueError(f"params.yaml: backbones.{name}.provider is {provider!r}; allowed values are "
+        raise ParamsError(f"params.yaml: backbones.{name}.provider is {provider!r}; allowed values are "
                          f"{sorted(PROVIDERS)}")
     module_name, class_name = PROVIDERS[provider].split(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from xreflect.core.config import ParamsError
 from xreflect.backends.base import Backend, GenerationError, Request, Response
 
 LLAVA, XCOMPOSER2 = "llava", "internlm-xcomposer2"
@@ -33,7 +34,7 @@ def family_of(model_id: str, configured: str | None = None) -> str:
     """Which runner a model id needs; `family` in params overrides the guess."""
     if configured:
         if configured not in (LLAVA, XCOMPOSER2):
-            raise ValueError(f"params.yaml: family {configured!r}; allowed values are {[LLAVA, XCOMPOSER2]}")
+            raise ParamsError(f"params.yaml: family {configured!r}; allowed values are {[LLAVA, XCOMPOSER2]}")
         return configured
     return XCOMPOSER2 if "xcomposer2" in model_id.lower() else LLAVA
 
@@ -50,14 +51,14 @@ def pick_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, s
         else:
             dtype = "float32"  # half precision on CPU is slow and poorly supported
     if dtype not in DTYPES:
-        raise ValueError(f"params.yaml: dtype {dtype!r}; allowed values are ['auto', *{list(DTYPES)}]")
+        raise ParamsError(f"params.yaml: dtype {dtype!r}; allowed values are ['auto', *{list(DTYPES)}]")
     return device, dtype
 
 
 def check_pinned(model_id: str, revision: str | None, trust_remote_code: bool) -> None:
     """Remote code runs with our privileges: only from a fixed commit, never from a moving branch."""
     if trust_remote_code and not Path(model_id).is_dir() and not re.fullmatch(r"[0-9a-f]{40}", revision or ""):
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml: {model_id} needs trust_remote_code, so its revision must be a 40-character "
             f"commit hash (got {revision!r}); pick one from https://huggingface.co/{model_id}/commits/main")
 
@@ -152,7 +153,7 @@ class TransformersBackend(Backend):
     def __init__(self, name: str, config: Mapping[str, Any]):
         super().__init__(name, config)
         if not config.get("model"):
-            raise ValueError(f"params.yaml: backbones.{name}.model is missing (a hub id or a local directory)")
+            raise ParamsError(f"params.yaml: backbones.{name}.model is missing (a hub id or a local directory)")
         self.model_id = str(config["model"])
         self.revision = config.get("revision")
         self.family = family_of(self.model_id, config.get("family"))

@@ -1,11 +1,11 @@
 """The `offline` backbone: a deterministic stand-in for a multimodal model. It is NOT a language model.
 
 It exists so that the whole pipeline runs with no network, GPU or API key (`backbone: offline`).
-It answers every prompt of xreflect.prompts from two things only:
+It answers every prompt of xreflect.paper.prompts from two things only:
 
 - the request's fields (description, title, factors, item_kind, r_text, r_image), read with a small
   lexicon: colour words, brightness/mood words, shape words and salient content keywords;
-- a real analysis of the request's image (xreflect.imaging.analyse_image): dominant colours,
+- a real analysis of the request's image (xreflect.data.image_analysis.analyse_image): dominant colours,
   brightness, contrast, saturation, the main shape, where it sits, accents.
 
 Answers are composed from templates per prompt, with the access each prompt has in the paper:
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from xreflect.backends.base import Backend, GenerationError, Request, Response
-from xreflect.imaging import ImageAnalysis, analyse_image
+from xreflect.data.image_analysis import ImageAnalysis, analyse_image
 
 ANALYSER_VERSION = "offline-analyser-v1"
 

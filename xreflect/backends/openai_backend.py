@@ -30,6 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
+from xreflect.core.config import ParamsError
 from xreflect.backends.base import Backend, GenerationError, NotSent, Request, Response
 from xreflect.backends.retry import (AuthError, Decision, FatalBackendError, NotOpenAIServer, QuotaError,
                                      RetryPolicy, ServerUnreachable, classify)
@@ -119,7 +120,7 @@ class OpenAIBackend(Backend):
     def __init__(self, name: str, config: Mapping[str, Any]):
         super().__init__(name, config)
         if not config.get("model"):
-            raise ValueError(f"params.yaml: backbones.{name}.model is missing; name a vision model id")
+            raise ParamsError(f"params.yaml: backbones.{name}.model is missing; name a vision model id")
         self.retry = RetryPolicy.from_config(config)
         self.concurrency = int(config.get("concurrency", 8))
         self.timeout_s = float(config.get("timeout_s", 120))

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import openai
 
-from xreflect.errors import EXIT_AUTH, EXIT_QUOTA, EXIT_SERVER, EXIT_UNREACHABLE, StopRun
+from xreflect.core.errors import EXIT_AUTH, EXIT_QUOTA, EXIT_SERVER, EXIT_UNREACHABLE, StopRun
 
 
 class FatalBackendError(StopRun):
@@ -31,6 +31,14 @@ class AuthError(FatalBackendError):
 
 class QuotaError(FatalBackendError):
     exit_code = EXIT_QUOTA
+
+
+class ServerAnswered(StopRun):
+    """An API error raised outside a backend's own retries (the Batch API calls), as one message."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ServerUnreachable(FatalBackendError):
@@ -136,3 +144,13 @@ def classify(error: Exception) -> Decision:
     if status in (408, 409, 429) or status >= 500:
         return Decision(retry=True, retry_after=retry_after, reason=f"HTTP {status}" + (f" {code}" if code else ""))
     return Decision(retry=False, reason=f"HTTP {status}: {error.message}")
+
+
+def api_stop(error: openai.APIError) -> StopRun:
+    """The stop-the-run error of an OpenAI SDK error: its message says what the server answered."""
+    decision = classify(error)
+    code = decision.stop.exit_code if decision.fatal else EXIT_UNREACHABLE if decision.unreachable else EXIT_SERVER
+    request = getattr(error, "request", None)
+    where = f" from {request.method} {request.url}" if request is not None else ""
+    return ServerAnswered(f"the server answered{where}: {decision.reason}. Check the base URL "
+                          "($OPENAI_BASE_URL), the key ($OPENAI_API_KEY) and the account, then rerun.", code)

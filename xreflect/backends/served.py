@@ -1,6 +1,6 @@
 """A backbone whose model the project serves itself: vLLM for LLaVA-1.5, lmdeploy for
 InternLM-XComposer2, or any engine with an OpenAI-compatible API, started from the command in
-`backbones.<name>.serve` (see xreflect/backends/server_process.py for the server's life cycle).
+`backbones.<name>.serve` (see xreflect/backends/supervisor.py for the server's life cycle).
 
 Generation is the OpenAI-compatible provider's, unchanged: retries, response cache, budget and
 concurrency all apply; only the server's address comes from the server this backend started or
@@ -19,9 +19,10 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from xreflect.core.config import ParamsError
 from xreflect.backends.base import GenerationError, Request, Response
 from xreflect.backends.openai_backend import OpenAIBackend
-from xreflect.backends.server_process import Lease, ServeSpec, ServerError, acquire, listed_models, log_tail
+from xreflect.backends.supervisor import Lease, ServeSpec, ServerError, acquire, listed_models, log_tail
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -49,7 +50,7 @@ def check_revision_policy(name: str, config: Mapping[str, Any]) -> None:
     model, revision = str(config["model"]), config.get("revision")
     pinned = bool(COMMIT.fullmatch(str(revision or ""))) or Path(model).is_dir()
     if config.get("trust_remote_code") and not pinned and config.get("allow_unpinned_remote_code") != model:
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml: backbones.{name}: {model} runs its repository's own code (trust_remote_code), so "
             f"its revision must be a 40-character commit hash (got {revision!r}). Pin one from "
             f"https://huggingface.co/{model}/commits/main, or accept whatever the hub serves now by naming the "

@@ -19,11 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from xreflect.io import read_jsonl, write_jsonl
+from xreflect.core.errors import DataError
+from xreflect.core.io import read_jsonl, write_jsonl
 
 ITEMS_FILE = "items.jsonl"
 INTERACTIONS_FILE = "interactions.csv"
 IMAGES_DIR = "images"
+# Released KAR knowledge per item (optional; the paper used the KAR authors' texts for MovieLens-1M)
+KAR_KNOWLEDGE_FILE = "kar_knowledge.jsonl"
+MISSING_IMAGES_FILE = "missing_images.csv"  # item_id,url,reason of the items without an image
 INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 
 
@@ -43,7 +47,7 @@ def read_image(item: Item, dataset_dir: Path) -> tuple[bytes | None, str | None]
     if path is None:
         return None, None
     if not path.exists():
-        raise FileNotFoundError(f"item {item.item_id}: image file {path} is missing; rerun the "
+        raise DataError(f"item {item.item_id}: image file {path} is missing; rerun the "
                                 "download stage (dvc repro download) to restore it")
     return path.read_bytes(), mimetypes.guess_type(path.name)[0] or "image/png"
 
@@ -57,19 +61,19 @@ def read_items(path: str | Path) -> list[Item]:
     for number, record in enumerate(read_jsonl(path), start=1):
         missing = {"item_id", "title", "description", "image"} - record.keys()
         if missing:
-            raise ValueError(f"{path}, record {number}: missing field(s) {sorted(missing)}; "
+            raise DataError(f"{path}, record {number}: missing field(s) {sorted(missing)}; "
                              "every item needs item_id, title, description and image (null if none)")
         items.append(Item(str(record["item_id"]), record["title"] or "", record["description"] or "",
                           record["image"]))
     ids = [item.item_id for item in items]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"{path}: duplicate item_id(s) {dupes}; each item must appear once")
+        raise DataError(f"{path}: duplicate item_id(s) {dupes}; each item must appear once")
     return items
 
 
 def write_interactions(path: str | Path, frame: pd.DataFrame) -> None:
-    from xreflect.io import atomic_path
+    from xreflect.core.io import atomic_path
 
     with atomic_path(path) as tmp:
         frame[INTERACTION_COLUMNS].to_csv(tmp, index=False)
@@ -79,5 +83,5 @@ def read_interactions(path: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str})
     missing = set(INTERACTION_COLUMNS) - set(frame.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected {INTERACTION_COLUMNS}")
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected {INTERACTION_COLUMNS}")
     return frame

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from xreflect.data.contract import Item
+from xreflect.core.config import ParamsError, dataset_entry
+from xreflect.core.io import atomic_path, log_stderr, read_json, write_json, write_npy
+from xreflect.core.paths import DATA_REPORT, DATASET_DIR, FILTERED_DIR
+from xreflect.data.contract import INTERACTIONS_FILE, ITEMS_FILE, Item, read_interactions, read_items, write_items
 from xreflect.data.kcore import k_core, to_implicit
+from xreflect.data.media_coverage import filtered_media
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,24 @@ def filter_dataset(items: list[Item], interactions: pd.DataFrame, k: int) -> tup
         "catalog": item_counts(items),  # every item the source delivered, before filtering
     }
     return Filtered(filtered_items, user_ids, pairs), report
+
+
+def write_filtered(params: dict) -> None:
+    """The filter stage: data/filtered/ (items.jsonl, users.csv, pairs.npy) and metrics/data.json."""
+    name, entry = dataset_entry(params)
+    items = read_items(DATASET_DIR / ITEMS_FILE)
+    interactions = read_interactions(DATASET_DIR / INTERACTIONS_FILE)
+    filtered, report = filter_dataset(items, interactions, int(entry.get("min_interactions", 5)))
+    if len(filtered.pairs) == 0:
+        raise ParamsError(f"filter: no interactions left after the {report['min_interactions']}-core of "
+                         f"dataset {name!r}; lower datasets.{name}.min_interactions")
+    write_items(FILTERED_DIR / ITEMS_FILE, filtered.items)
+    with atomic_path(FILTERED_DIR / "users.csv") as tmp:
+        pd.DataFrame({"user_id": filtered.users}).to_csv(tmp, index=False)
+    write_npy(FILTERED_DIR / "pairs.npy", filtered.pairs)
+    source = DATASET_DIR / "source.json"
+    # paper_table1: the paper's Table 1 figures for this dataset, shown next to what the filter kept.
+    write_json(DATA_REPORT, {"dataset": name, **report, "paper_table1": entry.get("paper_table1"),
+                        "media": filtered_media(DATASET_DIR, filtered.items),
+                        "source": read_json(source) if source.exists() else None})
+    log_stderr(f"filter: {report['filtered']}")

@@ -12,7 +12,7 @@ indices (rows of data/filtered/users.csv and data/filtered/items.jsonl):
   seed                 the seed the split was drawn with (training seeds itself from it per split)
   format_version       2; format 1 (one `eval_negatives` set shared by validation and test) is
                        refused with the fix, never misread
-Training negatives are drawn elsewhere (xreflect.negatives) from the items that are neither a
+Training negatives are drawn elsewhere (xreflect.training.negatives) from the items that are neither a
 positive of the user (in any part) nor one of the user's validation or test negatives, as the
 paper requires.
 """
@@ -23,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xreflect.io import write_npz
+from xreflect.core.errors import DataError
+from xreflect.core.config import ParamsError, dataset_entry
+from xreflect.core.io import log_stderr, write_json, write_npz
+from xreflect.core.paths import FILTERED_DIR, SPLITS_DIR, SPLITS_REPORT
 
 FORMAT_VERSION = 2
 PAD = -1  # fills negative rows of users with fewer than n_negatives per set
@@ -56,7 +59,7 @@ class Split:
         with np.load(path) as data:
             version = int(data["format_version"]) if "format_version" in data.files else 1
             if version != FORMAT_VERSION:
-                raise ValueError(f"{path}: split format {version}, but this code reads format {FORMAT_VERSION} "
+                raise DataError(f"{path}: split format {version}, but this code reads format {FORMAT_VERSION} "
                                  "(separate validation and test negatives); rebuild the splits with "
                                  "`dvc repro -f split` (or `python stages/split.py`)")
             return cls(data["train"], data["valid"], data["test"], data["valid_negatives"],
@@ -70,8 +73,9 @@ def split_counts(n: np.ndarray, ratio: tuple[float, float, float]) -> tuple[np.n
     n_valid = np.maximum(1, np.floor(n * ratio[1] / total + 0.5)).astype(np.int64)
     n_test = np.maximum(1, np.floor(n * ratio[2] / total + 0.5)).astype(np.int64)
     if np.any(n - n_valid - n_test < 1):
-        raise ValueError("a user has too few interactions for a train/valid/test split "
-                         f"(needs >= 3, smallest has {int(n.min())}); raise min_interactions")
+        raise ParamsError("a user has too few interactions for a train/valid/test split "
+                          f"(needs >= 3, smallest has {int(n.min())}); raise datasets.<dataset>.min_interactions "
+                          "in params.yaml")
     return n_valid, n_test
 
 
@@ -99,7 +103,7 @@ def negatives_per_set(counts: np.ndarray, n_items: int, n_negatives: int) -> np.
     per_set = np.minimum(n_negatives, (unobserved - 1) // 2)
     short = np.flatnonzero(per_set < 1)
     if short.size:
-        raise ValueError(f"user index {int(short[0])} has only {int(unobserved[short[0]])} item(s) without an "
+        raise ParamsError(f"user index {int(short[0])} has only {int(unobserved[short[0]])} item(s) without an "
                          "interaction; it needs at least 3 (a validation negative, a test negative and a "
                          "training negative); raise datasets.<name>.min_interactions or filter such users")
     return per_set
@@ -174,3 +178,26 @@ def candidates(split: Split, part: str) -> Candidates:
     items[:, width_pos:] = np.maximum(negatives, 0)
     mask[:, width_pos:] = negatives != PAD
     return Candidates(items, labels, mask)
+
+
+def write_splits(params: dict) -> None:
+    """The split stage: data/splits/split_<k>.npz for each of split.n_splits seeds, and metrics/splits.json."""
+    name, entry = dataset_entry(params)
+    config = params.get("split") or {}
+    n_splits = int(config.get("n_splits", 5))
+    if n_splits < 1:
+        raise ParamsError("params.yaml: split.n_splits must be >= 1")
+    pairs = np.load(FILTERED_DIR / "pairs.npy")
+    n_users, n_items = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
+    sizes = {}
+    for k in range(n_splits):
+        split = make_split(pairs, n_users, n_items, tuple(entry["split_ratio"]),
+                           int(entry["eval_negatives"]), seed=int(config.get("seed", 0)) + k)
+        split.save(SPLITS_DIR / f"split_{k}.npz")
+        # Users with fewer unobserved items than two full negative sets get smaller ones (split.py).
+        short = int((split.test_negatives == PAD).any(axis=1).sum())
+        sizes[f"split_{k}"] = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test),
+                               "users_with_fewer_negatives": short}
+        log_stderr(f"split {k}: {sizes[f'split_{k}']}")
+    write_json(SPLITS_REPORT, {"dataset": name, "split_ratio": entry["split_ratio"],
+                        "eval_negatives": int(entry["eval_negatives"]), **sizes})

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
-from xreflect.config import ParamsError
+from xreflect.core.config import ParamsError
 
 METRIC_NAMES = ("precision", "recall", "ndcg")
 PRECISIONS = ("auto", "fp32", "bf16")  # what each means: xreflect/training/precision.py
@@ -59,7 +59,7 @@ class TrainConfig:
                 values[name] = _metric_name(value)
             elif name == "normalize_sources":
                 if not isinstance(value, bool):
-                    raise ValueError(f"params.yaml: train.normalize_sources must be true or false, got {value!r}")
+                    raise ParamsError(f"params.yaml: train.normalize_sources must be true or false, got {value!r}")
                 values[name] = value
             elif name == "weight_decay":
                 if not _is_number(value) or value < 0:
@@ -131,7 +131,7 @@ def paper_defaults() -> dict:
 
 def train_config(params: dict) -> tuple[TrainConfig, dict]:
     """The validated training config for the chosen dataset, and the dataset overrides it applied."""
-    from xreflect.config import train_section
+    from xreflect.core.config import train_section
 
     section, applied = train_section(params, paper_defaults())
     return TrainConfig.from_params(section), applied

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from xreflect.data.split import Split
-from xreflect.model import StackedAdamW, StackedTwoTower, TwoTower, point_losses
-from xreflect.negatives import NegativePool, sample_negatives
+from xreflect.training.model import StackedAdamW, StackedTwoTower, TwoTower, point_losses
+from xreflect.training.negatives import NegativePool, sample_negatives
 from xreflect.training.config import TrainConfig
 from xreflect.training.seeds import epoch_seed
 

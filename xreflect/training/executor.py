@@ -9,29 +9,16 @@ result comes back to the stage, which writes DVC's outs exactly as before.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from xreflect.core.config import ParamsError
+from xreflect.core.io import log_stderr
 from xreflect.data.split import Split
-from xreflect.io import log_stderr
-from xreflect.training.config import TrainConfig
 from xreflect.training.grid import train_grid
 from xreflect.training.results import StrategyResult
-from xreflect.training.store import PointStore
-
-
-@dataclass(frozen=True)
-class GridJob:
-    """One split of one strategy: the grid that train_grid trains, and where its points are kept."""
-    index: int               # the split's number (outs are models/<strategy>/split_<index>.npz)
-    label: str               # prefix of the job's log lines
-    split_path: Path
-    config: TrainConfig
-    store: PointStore | None
-    full_k: int | None = None  # keep the chosen model's top-full_k test items (full-ranking protocol)
+from xreflect.training.jobs import GridJob
 
 
 def run_grid_jobs(jobs: list[GridJob], features: np.ndarray, executor: str = "local",
@@ -42,7 +29,7 @@ def run_grid_jobs(jobs: list[GridJob], features: np.ndarray, executor: str = "lo
         yield from run_on_ray(jobs, features, log)
         return
     if executor != "local":
-        raise ValueError(f"params.yaml: train.executor is {executor!r}; use one of local, ray")
+        raise ParamsError(f"params.yaml: train.executor is {executor!r}; use one of local, ray")
     for job in jobs:
         yield job, train_grid(Split.load(job.split_path), features, job.config, job.store, log=log, label=job.label,
                               full_k=job.full_k)

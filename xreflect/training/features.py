@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xreflect.core.errors import DataError
+
 
 def load_features(paths: list[Path], normalize: bool = False) -> np.ndarray:
     """Concatenate float32 [n_items, d] embedding files column-wise, in the given order; with
@@ -15,12 +17,12 @@ def load_features(paths: list[Path], normalize: bool = False) -> np.ndarray:
     arrays = []
     for path in paths:
         if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: embedding file missing; run the embed stage (dvc repro)")
+            raise DataError(f"{path}: embedding file missing; run the embed stage (dvc repro)")
         array = np.load(path)
         if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"{path}: expected a float [n_items, d] matrix, got {array.dtype} {array.shape}")
+            raise DataError(f"{path}: expected a float [n_items, d] matrix, got {array.dtype} {array.shape}")
         if arrays and len(array) != len(arrays[0]):
-            raise ValueError(f"{path}: {len(array)} rows, but {paths[0]} has {len(arrays[0])}; "
+            raise DataError(f"{path}: {len(array)} rows, but {paths[0]} has {len(arrays[0])}; "
                              "every embedding source must have one row per item")
         array = array.astype(np.float32, copy=False)
         arrays.append(l2_normalize(array) if normalize else array)

@@ -6,7 +6,7 @@ every `eval_every` epochs and stops after `patience` evaluations without a bette
 metric is chosen, and only its best checkpoint then scores the test candidates, once. Test data are
 never looked at before that.
 
-Grid points train in a `StackedTwoTower` (see xreflect/model.py): all together on a GPU or for
+Grid points train in a `StackedTwoTower` (see xreflect/training/model.py): all together on a GPU or for
 small data, one at a time on the CPU for large data (see default_stack_size); in a stack each keeps
 its own early stopping and leaves when it stops. A grid point's random streams (initialisation,
 dropout, negatives, batch order) depend only on the seed, the split and the point itself
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from xreflect.data.split import Candidates, Split, candidates
-from xreflect.io import log_stderr
-from xreflect.metrics import torch_topk_metrics
-from xreflect.full_ranking import full_top_items
-from xreflect.model import State, StackedAdamW, StackedTwoTower, init_state, score_matrix
-from xreflect.negatives import negative_pool
+from xreflect.core.io import log_stderr
+from xreflect.evaluation.metrics import torch_topk_metrics
+from xreflect.evaluation.full_ranking import full_top_items
+from xreflect.training.model import State, StackedAdamW, StackedTwoTower, init_state, score_matrix
+from xreflect.training.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_stacked
 from xreflect.training.precision import DTYPES, resolve_precision

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from xreflect.core.config import ParamsError
 from xreflect.training.config import PRECISIONS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -46,7 +47,7 @@ def cpu_native_bf16() -> list[str]:
 def resolve_precision(setting: str, device: torch.device) -> tuple[str, str]:
     """('fp32' or 'bf16', why) for `train.precision` on `device`."""
     if setting not in PRECISIONS:
-        raise ValueError(f"params.yaml: train.precision is {setting!r}; use one of {', '.join(PRECISIONS)}")
+        raise ParamsError(f"params.yaml: train.precision is {setting!r}; use one of {', '.join(PRECISIONS)}")
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
         where = f"GPU {torch.cuda.get_device_name(device)} {'supports' if native else 'lacks'} bf16"

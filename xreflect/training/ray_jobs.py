@@ -24,10 +24,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from xreflect.core.config import ParamsError
 from xreflect.data.split import Split
-from xreflect.model import State
+from xreflect.training.model import State
 from xreflect.training.config import GridPoint, TrainConfig
-from xreflect.training.executor import GridJob
+from xreflect.training.jobs import GridJob
 from xreflect.training.results import PointResult, StrategyResult
 
 RETRIES = 3  # attempts after a worker or node dies while running a job
@@ -72,7 +73,7 @@ def ray_module():
     try:
         import ray  # noqa: PLC0415
     except ImportError as err:
-        raise RuntimeError("params.yaml: train.executor is 'ray' but the ray package is not installed; "
+        raise ParamsError("params.yaml: train.executor is 'ray' but the ray package is not installed; "
                            "pip install -e '.[ray]' (or -r requirements-ray.txt), or set train.executor: local") from err
     return ray
 
@@ -104,7 +105,7 @@ def env_number(name: str, default: float, kind: type = int) -> float:
     except ValueError:
         number = -1
     if number < 0:
-        raise ValueError(f"environment variable {name}={value!r}: expected a number >= 0 (default {default})")
+        raise ParamsError(f"environment variable {name}={value!r}: expected a number >= 0 (default {default})")
     return number
 
 
@@ -118,7 +119,7 @@ def run_on_ray(jobs: list[GridJob], features: np.ndarray, log: Callable[[str], N
         gpus = env_number("XREFLECT_RAY_JOB_GPUS", 0, float)
         have = ray.cluster_resources()
         if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):  # no node could ever run a job
-            raise ValueError(f"XREFLECT_RAY_JOB_CPUS={cpus} / XREFLECT_RAY_JOB_GPUS={gpus:g}: the Ray cluster has "
+            raise ParamsError(f"XREFLECT_RAY_JOB_CPUS={cpus} / XREFLECT_RAY_JOB_GPUS={gpus:g}: the Ray cluster has "
                              f"{have.get('CPU', 0):.0f} CPUs and {have.get('GPU', 0):.0f} GPUs; ask for fewer per job")
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)(job_function)
         features_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from xreflect.data.split import Split, candidates
-from xreflect.model import State, TwoTower, init_state, score_state
-from xreflect.negatives import negative_pool
+from xreflect.training.model import State, TwoTower, init_state, score_state
+from xreflect.training.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_reference
 from xreflect.training.grid import EvalSet, Tracker, default_device, metric_ks

@@ -30,7 +30,7 @@ class StrategyResult:
     test_scores: np.ndarray              # float32, aligned with candidates(split, "test")
     valid_metrics: dict[str, float] = field(default_factory=dict)  # of the selected model
     # int32 [n_users, k]: the selected model's top-k test items under the full-ranking protocol
-    # (xreflect/full_ranking.py); None when not asked for
+    # (xreflect/evaluation/full_ranking.py); None when not asked for
     full_test_top: np.ndarray | None = None
 
     def selection(self) -> dict:

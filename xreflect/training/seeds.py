@@ -4,7 +4,7 @@ initialisation, dropout and negative sampling (not only from the data split)."""
 from __future__ import annotations
 
 from xreflect.data.split import Split
-from xreflect.model import seed_for
+from xreflect.training.model import seed_for
 from xreflect.training.config import GridPoint, TrainConfig
 
 

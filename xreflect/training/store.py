@@ -9,18 +9,17 @@ from typing import Protocol
 
 import numpy as np
 
-from xreflect.io import write_npz
-from xreflect.model import State
-from xreflect.pipeline import cache_dir
+from xreflect.core.io import write_npz
+from xreflect.training.model import State
+from xreflect.core.paths import cache_dir
 from xreflect.training.config import GridPoint, TrainConfig
 from xreflect.training.results import PointResult
 
 
-XREFLECT = Path(__file__).resolve().parents[1]
+TRAINING = Path(__file__).resolve().parent
 # The code that decides what a finished grid point contains; editing it invalidates the store.
-TRAINER_CODE = [XREFLECT / "model.py", XREFLECT / "negatives.py", XREFLECT / "training" / "config.py",
-                XREFLECT / "training" / "epochs.py", XREFLECT / "training" / "grid.py",
-                XREFLECT / "training" / "precision.py", XREFLECT / "training" / "seeds.py"]
+TRAINER_CODE = [TRAINING / name for name in ("model.py", "negatives.py", "config.py", "epochs.py", "grid.py",
+                                             "precision.py", "seeds.py")]
 
 
 class PointStore(Protocol):
