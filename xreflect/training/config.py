@@ -10,6 +10,12 @@ from xreflect.config import ParamsError
 METRIC_NAMES = ("precision", "recall", "ndcg")
 PRECISIONS = ("auto", "fp32", "bf16")  # what each means: xreflect/training/precision.py
 EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
+# Keys of the params.yaml `train` section that only change where or how the work runs, never what
+# it computes (up to float reduction order): they are left out of a grid point's checkpoint key
+# (point_params) and out of the train stage's `params:` in dvc.yaml, so that switching them neither
+# reruns the stage nor misses DVC's run-cache. Every other key changes results and dvc.yaml lists
+# it; tests/test_train_params.py fails when a key of the section is in neither list.
+PLACEMENT_KEYS = ("executor",)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,8 @@ class TrainConfig:
         cached point stays valid when other points are added to or removed from the grid)."""
         params = asdict(self)
         del params["lr"], params["dropout"]
-        del params["executor"]  # where a point trains does not change what it computes
+        for key in PLACEMENT_KEYS:  # where a point trains does not change what it computes
+            del params[key]
         return params
 
     def select(self) -> tuple[str, int]:
