@@ -15,7 +15,7 @@ EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
 # (point_params) and out of the train stage's `params:` in dvc.yaml, so that switching them neither
 # reruns the stage nor misses DVC's run-cache. Every other key changes results and dvc.yaml lists
 # it; tests/test_train_params.py fails when a key of the section is in neither list.
-PLACEMENT_KEYS = ("executor",)
+PLACEMENT_KEYS = ("executor", "stack_splits")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class TrainConfig:
     precision: str = "auto"     # the towers' matmul dtype: auto | fp32 | bf16 (training/precision.py)
     executor: str = "local"     # where the grid jobs run: local | ray (training/executor.py)
     normalize_sources: bool = False  # L2-normalise each embedding source's rows before concatenating
+    stack_splits: bool = False  # local executor: train every split's grid in one stack (grid.train_grids_stacked)
 
     @classmethod
     def from_params(cls, section: dict | None) -> "TrainConfig":
@@ -66,6 +67,10 @@ class TrainConfig:
             elif name == "normalize_sources":
                 if not isinstance(value, bool):
                     raise ValueError(f"params.yaml: train.normalize_sources must be true or false, got {value!r}")
+                values[name] = value
+            elif name == "stack_splits":
+                if not isinstance(value, bool):
+                    raise ParamsError(f"params.yaml: train.stack_splits must be true or false, got {value!r}")
                 values[name] = value
             elif name == "weight_decay":
                 if not _is_number(value) or value < 0:
