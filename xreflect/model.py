@@ -239,8 +239,10 @@ class StackedTwoTower:
                 h = _ReluDrop.apply(h, self._keep_masks(tuple(h.shape[1:]), used))
             w = self.params[f"w{layer}"]
             if layer > 0 or self.layers == 1:  # the units this layer reads went through dropout
-                w = w * self.keep_scale.view(-1, 1, 1)
-            h = torch.matmul(h, w.to(dtype)) + self.params[f"b{layer}"].to(dtype)
+                w = _ScaledCast.apply(w, self.keep_scale.view(-1, 1, 1), dtype)
+            else:
+                w = w.to(dtype)
+            h = torch.matmul(h, w) + self.params[f"b{layer}"].to(dtype)
         return h.float()
 
     def logits(self, users: Tensor, items: Tensor) -> Tensor:
@@ -323,6 +325,21 @@ class StackedTwoTower:
         if self.row_split is not None:
             self.row_split = self.row_split[index]
         self.generators = [self.generators[r] for r in rows]
+
+
+class _ScaledCast(torch.autograd.Function):
+    """(w * scale).to(dtype) in one pass over the weights (the product is computed in fp32 and
+    rounded once on writing), and its backward (grad * scale in fp32) in one more."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(scale)
+        return torch.mul(w, scale, out=torch.empty(w.shape, dtype=dtype, device=w.device))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
+        scale, = ctx.saved_tensors
+        return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=scale.dtype, device=grad.device)), None, None
 
 
 class _ReluDrop(torch.autograd.Function):
