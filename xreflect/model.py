@@ -12,7 +12,8 @@ input features instead and the dropout grid still means something.
 - `StackedTwoTower` trains G copies (the grid points) at once: every parameter carries a leading
   grid axis, the towers run as batched matmuls, and the item tower runs once per distinct item of a
   batch. `StackedAdamW` is AdamW over those stacked tensors with one learning rate per grid point
-  (same arithmetic as torch.optim.AdamW, which takes a single lr per parameter group).
+  (same arithmetic as torch.optim.AdamW, which takes a single lr per parameter group). Its rows
+  may also be several splits' grid points (train.stack_splits), each row on its own split's batch.
 
 `StackedTwoTower` can run the item tower's training matmuls in bf16 (train.precision, see
 xreflect/training/precision.py); its parameters and everything else stay fp32.
@@ -124,6 +125,7 @@ class StackedTwoTower:
         # Several splits stacked (train.stack_splits): row g trains on split row_split[g]'s batches,
         # and logits() takes one batch per split ([S, B]); None: every row shares one batch ([B]).
         self.row_split = None if row_split is None else torch.tensor(row_split, device=device)
+        self.row_split_list = None if row_split is None else list(row_split)  # read per batch: no device sync
         # Training runs the item tower in `dtype` (see xreflect/training/precision.py): the frozen
         # features are cast once, the (small) weights once per batch; parameters, their gradients,
         # the loss and the optimizer state stay fp32. Evaluation always runs in fp32.
@@ -164,9 +166,8 @@ class StackedTwoTower:
         items of its own split's batch, so its stream is the one it draws unstacked; the padding
         rows after them are dropped (their outputs are never read).
         The noise is drawn in place per grid point (no stacking copy) and turned into the
-        keep/scale factor in place: 3 passes over memory instead of 6. In bf16 the factor 1/keep is
-        rounded to bf16 (at most 0.2% off: 1/0.9 becomes 1.109), a constant rescaling that the next
-        layer's weights absorb; the bf16-vs-fp32 check (benchmarks/precision_check.py) covers it."""
+        keep/scale factor in place: 3 passes over memory instead of 6. fp32 training uses it; bf16
+        training draws cheaper masks (_keep_masks, _low_precision_vectors)."""
         noise = torch.empty(h.shape, dtype=torch.float32, device=h.device)  # fp32 whatever h's dtype:
         for row, gen in enumerate(self.generators):                          # the same keep probability
             if used is None:
@@ -213,7 +214,7 @@ class StackedTwoTower:
             row_words = words[row] if used is None else words[row, :-(-used[row] * (n // shape[0]) // 4)]
             row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
         bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
-        # dropped -> 1 -> 0, kept -> 0 -> -1 (int16 sub_ is vectorised, neg_ is not: 40x slower)
+        # dropped -> 1 -> 0, kept -> 0 -> -1 (sub_; an int16 neg_ measured far slower on the CPU)
         return torch.gt(bits, self.keep_below.view(-1, *[1] * len(shape)), out=bits).sub_(1)
 
     def _low_precision_vectors(self, items: Tensor, used: list[int] | None = None) -> Tensor:
@@ -273,8 +274,7 @@ class StackedTwoTower:
         distinct = [pad_rows(d, self.row_step) for d, _ in parts]
         width = max(len(d) for d in distinct)
         index = torch.stack([pad_rows(d, width) if len(d) < width else d for d in distinct])  # [S, M]
-        split_of = self.row_split.tolist()
-        used = [len(distinct[s]) for s in split_of]
+        used = [len(distinct[s]) for s in self.row_split_list]
         item_vec = self.item_vectors(index, training=True, used=used)                        # [G, M, dim]
         rows = torch.arange(self.size, device=items.device)[:, None]
         inverse = torch.stack([inv for _, inv in parts]).index_select(0, self.row_split)     # [G, B]
@@ -324,6 +324,7 @@ class StackedTwoTower:
         self._keep_rates()
         if self.row_split is not None:
             self.row_split = self.row_split[index]
+            self.row_split_list = [self.row_split_list[r] for r in rows]
         self.generators = [self.generators[r] for r in rows]
 
 
