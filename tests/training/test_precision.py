@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import xreflect.training.precision as precision_mod
-from xreflect.training.model import StackedAdamW, StackedTwoTower, init_state, pad_rows, stacked_loss
+from xreflect.training.model import StackedAdamW, StackedTwoTower, _ReluDrop, init_state, pad_rows, stacked_loss
 from xreflect.training.config import TrainConfig
 from xreflect.training.precision import resolve_precision
 
@@ -80,12 +80,46 @@ def test_bf16_step_keeps_fp32_weights_gradients_and_optimizer_state():
 
 
 def test_bf16_dropout_keeps_each_points_rate():
-    model = StackedTwoTower([init_state(1, 4, [], 2, seed=0)] * 2, torch.ones(10, 4), dropout=[0.1, 0.5],
-                            seeds=[0, 1], dtype=torch.bfloat16)
-    dropped = model._dropout(torch.ones(2, 2000, 50, dtype=torch.bfloat16))
-    assert dropped.dtype == torch.bfloat16
-    assert abs((dropped[0] == 0).float().mean().item() - 0.1) < 0.01
-    assert abs((dropped[1] == 0).float().mean().item() - 0.5) < 0.01
+    """bf16 training draws 16-bit keep masks (StackedTwoTower._keep_masks) and scales the next
+    layer's weights by 1/keep instead of the activations."""
+    model = StackedTwoTower([init_state(1, 4, [], 2, seed=0)] * 3, torch.ones(10, 4), dropout=[0.1, 0.5, 0.0],
+                            seeds=[0, 1, 2], dtype=torch.bfloat16)
+    keep = model._keep_masks((2000, 50))
+    assert keep.dtype == torch.int16 and set(torch.unique(keep).tolist()) <= {-1, 0}
+    for row, rate in enumerate([0.1, 0.5, 0.0]):
+        assert abs((keep[row] == 0).float().mean().item() - rate) < 0.01
+    # The keep rate is rounded to 1/65536, and the scale is its exact inverse.
+    torch.testing.assert_close(model.keep_scale, torch.tensor([65536 / 58982, 2.0, 1.0]))
+    # The same point draws the same masks whatever its neighbours.
+    alone = StackedTwoTower([init_state(1, 4, [], 2, seed=0)], torch.ones(10, 4), dropout=[0.5], seeds=[1],
+                            dtype=torch.bfloat16)
+    assert torch.equal(alone._keep_masks((2000, 50))[0], keep[1])
+
+
+def test_bf16_relu_dropout_passes_the_gradient_where_the_unit_survives():
+    h = torch.randn(2, 300, 40, dtype=torch.bfloat16, requires_grad=True)
+    keep = torch.randint(0, 2, h.shape, dtype=torch.int16).neg_()  # -1 kept, 0 dropped
+    out = _ReluDrop.apply(h, keep)
+    expected = torch.relu(h.detach()) * (keep != 0)
+    assert torch.equal(out.detach(), expected)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert torch.equal(h.grad, grad * ((h.detach() > 0) & (keep != 0)))
+
+
+def test_bf16_tower_without_dropout_matches_fp32_and_dropout_keeps_the_mean():
+    feats = torch.as_tensor(np.random.default_rng(3).normal(size=(256, 16)).astype(np.float32))
+    state = init_state(n_users=2, d_in=16, hidden=[64], dim=8, seed=1)
+    items = torch.arange(256)
+    fp32 = StackedTwoTower([state], feats, dropout=[0.0], seeds=[0]).item_vectors(items, training=True)
+    bf16 = StackedTwoTower([state], feats, dropout=[0.0], seeds=[0], dtype=torch.bfloat16)
+    torch.testing.assert_close(bf16.item_vectors(items, training=True), fp32, rtol=0.05, atol=0.05)
+    # With dropout, averaged over many draws, the output's mean is the no-dropout output's
+    # (the tower's last layer is linear in the dropped units): the 1/keep scale is applied.
+    dropped = StackedTwoTower([state], feats, dropout=[0.5], seeds=[0], dtype=torch.bfloat16)
+    with torch.no_grad():
+        mean = torch.stack([dropped.item_vectors(items, training=True) for _ in range(200)]).mean(0)
+    assert (mean - fp32).abs().mean().item() < 0.1 * fp32.abs().mean().item()
 
 
 def test_bf16_reaches_fp32_validation_recall_within_the_seed_spread():

@@ -10,6 +10,12 @@ from xreflect.core.config import ParamsError
 METRIC_NAMES = ("precision", "recall", "ndcg")
 PRECISIONS = ("auto", "fp32", "bf16")  # what each means: xreflect/training/precision.py
 EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
+# Keys of the params.yaml `train` section that only change where or how the work runs, never what
+# it computes (up to float reduction order): they are left out of a grid point's checkpoint key
+# (point_params) and out of the train stage's `params:` in dvc.yaml, so that switching them neither
+# reruns the stage nor misses DVC's run-cache. Every other key changes results and dvc.yaml lists
+# it; tests/test_train_params.py fails when a key of the section is in neither list.
+PLACEMENT_KEYS = ("executor", "stack_splits")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class TrainConfig:
     precision: str = "auto"     # the towers' matmul dtype: auto | fp32 | bf16 (training/precision.py)
     executor: str = "local"     # where the grid jobs run: local | ray (training/executor.py)
     normalize_sources: bool = False  # L2-normalise each embedding source's rows before concatenating
+    stack_splits: bool = False  # local executor: train every split's grid in one stack (grid.train_grids_stacked)
 
     @classmethod
     def from_params(cls, section: dict | None) -> "TrainConfig":
@@ -61,6 +68,10 @@ class TrainConfig:
                 if not isinstance(value, bool):
                     raise ParamsError(f"params.yaml: train.normalize_sources must be true or false, got {value!r}")
                 values[name] = value
+            elif name == "stack_splits":
+                if not isinstance(value, bool):
+                    raise ParamsError(f"params.yaml: train.stack_splits must be true or false, got {value!r}")
+                values[name] = value
             elif name == "weight_decay":
                 if not _is_number(value) or value < 0:
                     raise ParamsError(f"params.yaml: train.weight_decay must be a number >= 0, got {value!r}")
@@ -79,7 +90,8 @@ class TrainConfig:
         cached point stays valid when other points are added to or removed from the grid)."""
         params = asdict(self)
         del params["lr"], params["dropout"]
-        del params["executor"]  # where a point trains does not change what it computes
+        for key in PLACEMENT_KEYS:  # where a point trains does not change what it computes
+            del params[key]
         return params
 
     def select(self) -> tuple[str, int]:

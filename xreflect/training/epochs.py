@@ -15,12 +15,19 @@ from xreflect.training.seeds import epoch_seed
 
 @dataclass(frozen=True)
 class Samples:
+    """An epoch's samples: [N] each, or [S, N] for S stacked splits (see stack_samples)."""
     users: torch.Tensor
     items: torch.Tensor
     labels: torch.Tensor
 
     def __len__(self) -> int:
-        return len(self.users)
+        return self.users.shape[-1]
+
+
+def stack_samples(parts: list[Samples]) -> Samples:
+    """Several splits' epoch samples side by side ([S, N]); they must have as many samples."""
+    return Samples(torch.stack([p.users for p in parts]), torch.stack([p.items for p in parts]),
+                   torch.stack([p.labels for p in parts]))
 
 
 def epoch_samples(split: Split, pool: NegativePool, config: TrainConfig, epoch: int,
@@ -51,7 +58,8 @@ def train_epoch_stacked(model: StackedTwoTower, optimizer: StackedAdamW, samples
     epoch's batches (a tensor on the device, read only at evaluation epochs: no sync per batch)."""
     total = None
     for number, batch in enumerate(batches(len(samples), batch_size), start=1):
-        losses = point_losses(model.logits(samples.users[batch], samples.items[batch]), samples.labels[batch])
+        losses = point_losses(model.logits(samples.users[..., batch], samples.items[..., batch]),
+                              model.row_labels(samples.labels[..., batch]))
         losses.sum().backward()
         optimizer.step(model.params)
         total = losses.detach() if total is None else total + losses.detach()

@@ -2,8 +2,10 @@
 
 A grid job is one split of one strategy: the whole lr x dropout grid as train_grid trains it
 (early stopping, selection on validation, one test scoring). `local` runs the jobs here one after
-another. `ray` sends them to a Ray cluster at once (xreflect/training/ray_jobs.py), so the five
-splits of a strategy, and the jobs of every strategy whose stage runs at the same time, train in
+another, or with `train.stack_splits: true` all in one stack (splits x grid points models per
+launch, for a launch-bound GPU: xreflect/training/grid.py train_grids_stacked; the same results up
+to float reduction order). `ray` sends them to a Ray cluster at once (xreflect/training/ray_jobs.py;
+one job per split there, stack_splits does not apply), so the five splits of a strategy, and the jobs of every strategy whose stage runs at the same time, train in
 parallel. Either way each finished job's grid points land in the stage's checkpoint store and its
 result comes back to the stage, which writes DVC's outs exactly as before.
 """
@@ -16,7 +18,7 @@ import numpy as np
 from xreflect.core.config import ParamsError
 from xreflect.core.io import log_stderr
 from xreflect.data.split import Split
-from xreflect.training.grid import train_grid
+from xreflect.training.grid import train_grid, train_grids_stacked
 from xreflect.training.results import StrategyResult
 from xreflect.training.jobs import GridJob
 
@@ -30,6 +32,12 @@ def run_grid_jobs(jobs: list[GridJob], features: np.ndarray, executor: str = "lo
         return
     if executor != "local":
         raise ParamsError(f"params.yaml: train.executor is {executor!r}; use one of local, ray")
+    if len(jobs) > 1 and all(job.config.stack_splits for job in jobs):  # one stack for every split
+        results = train_grids_stacked([Split.load(job.split_path) for job in jobs], features, jobs[0].config,
+                                      [job.store for job in jobs], log=log, labels=[job.label for job in jobs],
+                                      full_k=jobs[0].full_k)
+        yield from zip(jobs, results)
+        return
     for job in jobs:
         yield job, train_grid(Split.load(job.split_path), features, job.config, job.store, log=log, label=job.label,
                               full_k=job.full_k)

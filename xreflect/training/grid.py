@@ -31,7 +31,7 @@ from xreflect.evaluation.full_ranking import full_top_items
 from xreflect.training.model import State, StackedAdamW, StackedTwoTower, init_state, score_matrix
 from xreflect.training.negatives import negative_pool
 from xreflect.training.config import GridPoint, TrainConfig
-from xreflect.training.epochs import epoch_samples, is_eval_epoch, train_epoch_stacked
+from xreflect.training.epochs import epoch_samples, is_eval_epoch, stack_samples, train_epoch_stacked
 from xreflect.training.precision import DTYPES, resolve_precision
 from xreflect.training.results import PointResult, StrategyResult
 from xreflect.training.seeds import dropout_seed, init_seed
@@ -95,32 +95,54 @@ def train_points(split: Split, features: torch.Tensor, config: TrainConfig, poin
                  on_done: Callable[[GridPoint, PointResult, State], None], log: Log = log_stderr,
                  label: str = "") -> None:
     """Train `points` together; call `on_done` for each as soon as it stops (early or at max_epochs)."""
+    train_split_points([split], features, config, [(0, p) for p in points],
+                       lambda _, point, result, state: on_done(point, result, state), log, label)
+
+
+def train_split_points(splits: list[Split], features: torch.Tensor, config: TrainConfig,
+                       rows: list[tuple[int, GridPoint]],
+                       on_done: Callable[[int, GridPoint, PointResult, State], None], log: Log = log_stderr,
+                       label: str = "", split_labels: list[str] | None = None) -> None:
+    """Train the (split number, grid point) `rows` together, of one split or of several stacked
+    (train.stack_splits; their epochs must have as many samples); call `on_done(split number,
+    point, result, state)` for each as soon as it stops. Each row's random streams, batches and
+    validation are those of its own split, as when its split trains alone."""
     device = features.device
     precision = resolve_precision(config.precision, device)[0]
-    pool = negative_pool(split)
-    valid = EvalSet.of(candidates(split, "valid"), device)
-    init = init_state(split.n_users, features.shape[1], list(config.item_hidden), config.dim,
-                      init_seed(config, split))
-    model = StackedTwoTower([init] * len(points), features, [p.dropout for p in points],
-                            [dropout_seed(config, split, p) for p in points], DTYPES[precision])
-    optimizer = StackedAdamW(model.params, [p.lr for p in points], config.weight_decay)
-    trackers = [Tracker(p) for p in points]
+    pools = [negative_pool(split) for split in splits]
+    valids = [EvalSet.of(candidates(split, "valid"), device) for split in splits]
+    inits = [init_state(split.n_users, features.shape[1], list(config.item_hidden), config.dim,
+                        init_seed(config, split)) for split in splits]
+    model = StackedTwoTower([inits[s] for s, _ in rows], features, [p.dropout for _, p in rows],
+                            [dropout_seed(config, splits[s], p) for s, p in rows], DTYPES[precision],
+                            row_split=None if len(splits) == 1 else [s for s, _ in rows])
+    optimizer = StackedAdamW(model.params, [p.lr for _, p in rows], config.weight_decay)
+    trackers = [Tracker(p) for _, p in rows]
+    row_splits = [s for s, _ in rows]
     metric, ks = config.select_metric, metric_ks(config)
+    names = None if len(splits) == 1 else [(split_labels or [f"split {k + 1}: " for k in range(len(splits))])[s]
+                                           for s in row_splits]
     start = time.perf_counter()
     for epoch in range(1, config.max_epochs + 1):
-        losses = train_epoch_stacked(model, optimizer, epoch_samples(split, pool, config, epoch, device),
+        parts = [epoch_samples(split, pool, config, epoch, device) for split, pool in zip(splits, pools)]
+        losses = train_epoch_stacked(model, optimizer, parts[0] if len(parts) == 1 else stack_samples(parts),
                                      config.batch_size)
         if not is_eval_epoch(epoch, config):
             continue
-        scores = model.scores(valid.users, valid.items)
+        if len(splits) == 1:
+            scores = model.scores(valids[0].users, valids[0].items)
+        else:
+            scores = model.scores_each([(valids[s].users, valids[s].items) for s in row_splits])
         losses = losses.float().tolist()
         for row, tracker in enumerate(trackers):
-            tracker.update(epoch, valid.metrics(scores[row], ks), metric, lambda: model.state(row), losses[row])
+            tracker.update(epoch, valids[row_splits[row]].metrics(scores[row], ks), metric,
+                           lambda: model.state(row), losses[row])
         stopped = [r for r, t in enumerate(trackers) if t.stale >= config.patience or epoch == config.max_epochs]
         elapsed = time.perf_counter() - start
         for row in stopped:
-            on_done(trackers[row].point, trackers[row].result(epoch, elapsed, precision), trackers[row].best_state)
-        log(_progress(label, epoch, config, trackers, stopped, elapsed, metric))
+            on_done(row_splits[row], trackers[row].point, trackers[row].result(epoch, elapsed, precision),
+                    trackers[row].best_state)
+        log(_progress(label, epoch, config, trackers, stopped, elapsed, metric, names))
         keep = [r for r in range(len(trackers)) if r not in stopped]
         if not keep:
             return
@@ -128,15 +150,17 @@ def train_points(split: Split, features: torch.Tensor, config: TrainConfig, poin
             model.keep(keep)
             optimizer.keep(keep)
             trackers = [trackers[r] for r in keep]
+            row_splits = [row_splits[r] for r in keep]
+            names = None if names is None else [names[r] for r in keep]
 
 
 def _progress(label: str, epoch: int, config: TrainConfig, trackers: list[Tracker], stopped: list[int],
-              elapsed: float, metric: str) -> str:
+              elapsed: float, metric: str, names: list[str] | None = None) -> str:
     per_epoch = elapsed / epoch
     # Upper bound: every point still training runs to max_epochs; early stopping usually cuts it.
     worst_left = per_epoch * (config.max_epochs - epoch) if len(stopped) < len(trackers) else 0.0
-    points = "; ".join(f"{t.point.name} {t.best:.4f}@{t.best_epoch}{' (stopped)' if r in stopped else ''}"
-                       for r, t in enumerate(trackers))
+    points = "; ".join(f"{names[r] if names else ''}{t.point.name} {t.best:.4f}@{t.best_epoch}"
+                       f"{' (stopped)' if r in stopped else ''}" for r, t in enumerate(trackers))
     return (f"train {label}epoch {epoch}/{config.max_epochs} | valid {metric} best: {points} | "
             f"{per_epoch:.2f} s/epoch, at most {worst_left:.0f} s left for this split")
 
@@ -160,10 +184,58 @@ def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: P
     """Train the whole lr x dropout grid on one split, choose on validation, score test once (and,
     with `full_k`, keep the chosen model's top-`full_k` test items under the full-ranking protocol)."""
     device = device or default_device()
+    feats = _device_features(features, split, device)
+    grid = config.grid()
+    done = _restore(grid, store, config, device, log, label)
+    todo = [p for p in grid if p not in done]
+    samples_per_epoch = len(split.train) * (1 + config.negatives_per_positive)
+    size = max(1, stack_size or default_stack_size(device, len(todo), samples_per_epoch, config.batch_size))
+    for start in range(0, len(todo), size):
+        train_points(split, feats, config, todo[start:start + size], _saver(done, store), log, label)
+    return _choose_and_test(split, feats, config, done, store, log, label, full_k)
+
+
+def train_grids_stacked(splits: list[Split], features: np.ndarray, config: TrainConfig,
+                        stores: list[PointStore | None] | None = None, device: torch.device | None = None,
+                        log: Log = log_stderr, labels: list[str] | None = None,
+                        full_k: int | None = None) -> list[StrategyResult]:
+    """train_grid for several splits at once (train.stack_splits): the grid points of every split
+    that its store does not hold train in one stack (splits x points models per launch; splits
+    whose epochs differ in size in stacks of their own), each on its own split's batches, random
+    streams and validation, so each split's result is the one train_grid gives it, up to float
+    reduction order. Then each split chooses on validation and scores its test once, as train_grid."""
+    device = device or default_device()
+    n = len(splits)
+    stores = stores or [None] * n
+    labels = labels or [f"split {k + 1}/{n}: " for k in range(n)]
+    feats = _device_features(features, splits[0], device)
+    grid = config.grid()
+    done = [_restore(grid, stores[k], config, device, log, labels[k]) for k in range(n)]
+    savers = [_saver(done[k], stores[k]) for k in range(n)]
+    groups: dict[int, list[int]] = {}
+    for k, split in enumerate(splits):
+        if split.n_items != splits[0].n_items:
+            raise ValueError(f"split {k + 1} has {split.n_items} items, split 1 has {splits[0].n_items}")
+        groups.setdefault(len(split.train), []).append(k)
+    for group in groups.values():
+        rows = [(i, p) for i, k in enumerate(group) for p in grid if p not in done[k]]
+        if rows:
+            train_split_points([splits[k] for k in group], feats, config, rows,
+                               lambda i, point, result, state, group=group: savers[group[i]](point, result, state),
+                               log, f"{len(group)} splits stacked: ", [labels[k] for k in group])
+    return [_choose_and_test(splits[k], feats, config, done[k], stores[k], log, labels[k], full_k) for k in range(n)]
+
+
+def _device_features(features: np.ndarray, split: Split, device: torch.device) -> torch.Tensor:
     feats = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
     if feats.shape[0] != split.n_items:
         raise ValueError(f"item features have {feats.shape[0]} rows but the split has {split.n_items} items")
-    grid = config.grid()
+    return feats
+
+
+def _restore(grid: list[GridPoint], store: PointStore | None, config: TrainConfig, device: torch.device,
+             log: Log, label: str) -> dict[GridPoint, tuple[PointResult, State | None]]:
+    """The grid points the checkpoint store already holds (logged, with the precision if any is left)."""
     done: dict[GridPoint, tuple[PointResult, State | None]] = {}
     for point in grid:
         loaded = store.load(point) if store is not None else None
@@ -174,19 +246,23 @@ def train_grid(split: Split, features: np.ndarray, config: TrainConfig, store: P
         log(f"train {label}{len(done)} grid point(s) restored from the checkpoint store, {len(todo)} to train")
     if todo:
         log(f"train {label}precision {'; '.join(resolve_precision(config.precision, device))}")
+    return done
 
+
+def _saver(done: dict, store: PointStore | None) -> Callable[[GridPoint, PointResult, State], None]:
     def finish(point: GridPoint, result: PointResult, state: State) -> None:
         if store is not None:
             store.save(point, result, state)
         done[point] = (result, state)
+    return finish
 
-    samples_per_epoch = len(split.train) * (1 + config.negatives_per_positive)
-    size = max(1, stack_size or default_stack_size(device, len(todo), samples_per_epoch, config.batch_size))
-    for start in range(0, len(todo), size):
-        train_points(split, feats, config, todo[start:start + size], finish, log, label)
+
+def _choose_and_test(split: Split, feats: torch.Tensor, config: TrainConfig, done: dict, store: PointStore | None,
+                     log: Log, label: str, full_k: int | None) -> StrategyResult:
+    grid = config.grid()
     chosen = grid[best_point([done[p][0] for p in grid], config)]
     if done[chosen][1] is None:  # its checkpoint was pruned under an earlier grid: retrain it alone
-        train_points(split, feats, config, [chosen], finish, log, label)
+        train_points(split, feats, config, [chosen], _saver(done, store), log, label)
     result = select_and_test(split, feats, config, [done[p] for p in grid], grid.index(chosen), full_k)
     if store is not None:
         store.prune(grid, keep=chosen)

@@ -12,7 +12,8 @@ input features instead and the dropout grid still means something.
 - `StackedTwoTower` trains G copies (the grid points) at once: every parameter carries a leading
   grid axis, the towers run as batched matmuls, and the item tower runs once per distinct item of a
   batch. `StackedAdamW` is AdamW over those stacked tensors with one learning rate per grid point
-  (same arithmetic as torch.optim.AdamW, which takes a single lr per parameter group).
+  (same arithmetic as torch.optim.AdamW, which takes a single lr per parameter group). Its rows
+  may also be several splits' grid points (train.stack_splits), each row on its own split's batch.
 
 `StackedTwoTower` can run the item tower's training matmuls in bf16 (train.precision, see
 xreflect/training/precision.py); its parameters and everything else stay fp32.
@@ -20,6 +21,7 @@ xreflect/training/precision.py); its parameters and everything else stay fp32.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -117,9 +119,13 @@ class StackedTwoTower:
     """
 
     def __init__(self, states: list[State], features: Tensor, dropout: list[float], seeds: list[int],
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, row_split: list[int] | None = None):
         device = features.device
         self.features = features
+        # Several splits stacked (train.stack_splits): row g trains on split row_split[g]'s batches,
+        # and logits() takes one batch per split ([S, B]); None: every row shares one batch ([B]).
+        self.row_split = None if row_split is None else torch.tensor(row_split, device=device)
+        self.row_split_list = None if row_split is None else list(row_split)  # read per batch: no device sync
         # Training runs the item tower in `dtype` (see xreflect/training/precision.py): the frozen
         # features are cast once, the (small) weights once per batch; parameters, their gradients,
         # the loss and the optimizer state stay fp32. Evaluation always runs in fp32.
@@ -134,6 +140,7 @@ class StackedTwoTower:
             self.params[name] = torch.tensor(stacked, device=device, requires_grad=True)
         self.layers = n_layers(states[0])
         self.dropout = torch.tensor(dropout, dtype=torch.float32, device=device)
+        self._keep_rates()
         # One generator per grid point: its dropout masks do not depend on its neighbours.
         self.generators = []
         for seed in seeds:
@@ -141,37 +148,102 @@ class StackedTwoTower:
             gen.manual_seed(seed)
             self.generators.append(gen)
 
+    def _keep_rates(self) -> None:
+        """The low-precision path's dropout (_keep_masks): each point keeps a unit with probability
+        keep_units / 65536, its keep rate 1 - dropout rounded to 1/65536 (0.9 becomes 0.899994),
+        and scales the kept units by 65536 / keep_units, so the expected activation is unchanged."""
+        keep_units = torch.clamp(torch.round((1.0 - self.dropout.double()) * 65536), 1, 65536)
+        self.keep_below = (keep_units - 32769).to(torch.int16)  # uniform int16 <= keep_below: kept
+        self.keep_scale = (65536 / keep_units).float()
+
     @property
     def size(self) -> int:
         return len(self.generators)
 
-    def _dropout(self, h: Tensor) -> Tensor:
+    def _dropout(self, h: Tensor, used: list[int] | None = None) -> Tensor:
         """Inverted dropout with each grid point's own rate and random stream; h is [G, M, width].
+        With `used` (stacked splits), row g draws noise for its first used[g] items only, the
+        items of its own split's batch, so its stream is the one it draws unstacked; the padding
+        rows after them are dropped (their outputs are never read).
         The noise is drawn in place per grid point (no stacking copy) and turned into the
-        keep/scale factor in place: 3 passes over memory instead of 6. In bf16 the factor 1/keep is
-        rounded to bf16 (at most 0.2% off: 1/0.9 becomes 1.109), a constant rescaling that the next
-        layer's weights absorb; the bf16-vs-fp32 check (benchmarks/precision_check.py) covers it."""
+        keep/scale factor in place: 3 passes over memory instead of 6. fp32 training uses it; bf16
+        training draws cheaper masks (_keep_masks, _low_precision_vectors)."""
         noise = torch.empty(h.shape, dtype=torch.float32, device=h.device)  # fp32 whatever h's dtype:
         for row, gen in enumerate(self.generators):                          # the same keep probability
-            noise[row].uniform_(0.0, 1.0, generator=gen)
+            if used is None:
+                noise[row].uniform_(0.0, 1.0, generator=gen)
+            else:
+                noise[row, :used[row]].uniform_(0.0, 1.0, generator=gen)
+                noise[row, used[row]:].fill_(1.0)
         keep = (1.0 - self.dropout).view(-1, 1, 1)
         return h * noise.lt_(keep).div_(keep).to(h.dtype)
 
-    def item_vectors(self, items: Tensor, training: bool) -> Tensor:
+    def item_vectors(self, items: Tensor, training: bool, used: list[int] | None = None) -> Tensor:
         """[G, len(items), dim] fp32 item-tower outputs for `items` (each should be distinct),
-        computed in the training dtype when `training`, else in fp32."""
+        computed in the training dtype when `training`, else in fp32. With stacked splits,
+        `items` is [S, M] (each split's batch items, padded) and `used` each row's unpadded count."""
+        if training and self.dtype != torch.float32:
+            return self._low_precision_vectors(items, used)
         dtype = self.dtype if training else torch.float32
         # [M, d], shared by all grid points: [M, d] @ [G, d, out] broadcasts
         h = (self.train_features if training else self.features)[items]
+        if items.dim() == 2:  # [S, M, d]: each row its own split's items
+            h = h.index_select(0, self.row_split)
         if training and self.layers == 1:
-            h = self._dropout(h.expand(self.size, *h.shape))
+            h = self._dropout(h.expand(self.size, *h.shape[-2:]), used)
         for layer in range(self.layers):
             if layer > 0:
                 h = torch.relu(h)
                 if training:
-                    h = self._dropout(h)
+                    h = self._dropout(h, used)
             # .to() is a no-op in fp32; in bf16 its backward hands fp32 gradients to the fp32 weights
             h = torch.matmul(h, self.params[f"w{layer}"].to(dtype)) + self.params[f"b{layer}"].to(dtype)
+        return h.float()
+
+    def _keep_masks(self, shape: tuple[int, ...], used: list[int] | None = None) -> Tensor:
+        """Which units each grid point keeps, from its own generator: int16 [G, *shape], all bits
+        set (-1) where kept and 0 where dropped, to AND into a bf16 tensor's bits. 16 random bits
+        per unit, drawn 64 at a time (int64 random_ is ~4x cheaper per unit than the fp32 uniform_
+        of _dropout, and every step is an int16 op that torch vectorises, where bool masks and
+        masked_fill_ are not): a unit is kept when its 16 bits, read as int16, are <= keep_below,
+        with probability keep_units / 65536 (the keep rate rounded to 1/65536, see _keep_rates)."""
+        n = math.prod(shape)
+        words = (torch.empty if used is None else torch.zeros)((self.size, -(-n // 4)), dtype=torch.int64,
+                                                                device=self.features.device)
+        for row, gen in enumerate(self.generators):  # with `used`: only the row's own split's items
+            row_words = words[row] if used is None else words[row, :-(-used[row] * (n // shape[0]) // 4)]
+            row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
+        bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
+        # dropped -> 1 -> 0, kept -> 0 -> -1 (sub_; an int16 neg_ measured far slower on the CPU)
+        return torch.gt(bits, self.keep_below.view(-1, *[1] * len(shape)), out=bits).sub_(1)
+
+    def _low_precision_vectors(self, items: Tensor, used: list[int] | None = None) -> Tensor:
+        """item_vectors(items, training=True) in a low-precision dtype (bf16), with fewer passes over
+        the activations than the fp32 path (measured batch by batch, benchmarks/train_speed.py):
+        - dropout draws its masks with _keep_masks and zeroes the dropped units by a bitwise AND
+          after the ReLU (_ReluDrop: two cheap passes forward, one backward);
+        - inverted dropout's 1/keep scale multiplies the next layer's weights (fp32, [in, out],
+          before their cast) instead of the activations ([M, width]): the same product, one pass
+          fewer, and no rounding of 1/keep to bf16;
+        - the activations stay in the low dtype from the features to the last layer."""
+        dtype = self.dtype
+        h = self.train_features[items]  # [M, d] bf16, shared by every grid point
+        if items.dim() == 2:  # stacked splits: [S, M, d] -> each row its own split's items
+            h = h.index_select(0, self.row_split)
+        elif self.size > 1:  # one copy per row, so the first layer's weight gradient needs no transposing copy
+            h = h.expand(self.size, *h.shape).contiguous()
+        if self.layers == 1:  # a linear tower drops input features (frozen: no gradient to carry)
+            keep = self._keep_masks(tuple(h.shape[-2:]), used)
+            h = torch.bitwise_and(h.view(torch.int16), keep).view(dtype)
+        for layer in range(self.layers):
+            if layer > 0:
+                h = _ReluDrop.apply(h, self._keep_masks(tuple(h.shape[1:]), used))
+            w = self.params[f"w{layer}"]
+            if layer > 0 or self.layers == 1:  # the units this layer reads went through dropout
+                w = _ScaledCast.apply(w, self.keep_scale.view(-1, 1, 1), dtype)
+            else:
+                w = w.to(dtype)
+            h = torch.matmul(h, w) + self.params[f"b{layer}"].to(dtype)
         return h.float()
 
     def logits(self, users: Tensor, items: Tensor) -> Tensor:
@@ -184,12 +256,38 @@ class StackedTwoTower:
         the expected gradient are unchanged; only the correlation between those samples' noise,
         i.e. the gradient variance, differs. The optimisation target is the same model and loss.
         """
+        if self.row_split is not None:
+            return self._split_logits(users, items)
         distinct, inverse = torch.unique(items, return_inverse=True)
         distinct = pad_rows(distinct, self.row_step)
         # index_select's backward is an index_add_, far cheaper than advanced indexing's index_put_.
         item_vec = self.item_vectors(distinct, training=True).index_select(1, inverse)  # [G, B, dim]
         user_vec = self.params["user"].index_select(1, users)               # [G, B, dim]
         return (user_vec * item_vec).sum(-1)
+
+    def _split_logits(self, users: Tensor, items: Tensor) -> Tensor:
+        """logits() with stacked splits: users and items are [S, B], one batch per split (the
+        splits' epochs have as many samples). Each split's distinct items go through the tower of
+        its own rows, padded to one length, and each row reads its split's samples: what each row
+        computes unstacked, in one launch per operation."""
+        parts = [torch.unique(split_items, return_inverse=True) for split_items in items]
+        distinct = [pad_rows(d, self.row_step) for d, _ in parts]
+        width = max(len(d) for d in distinct)
+        index = torch.stack([pad_rows(d, width) if len(d) < width else d for d in distinct])  # [S, M]
+        used = [len(distinct[s]) for s in self.row_split_list]
+        item_vec = self.item_vectors(index, training=True, used=used)                        # [G, M, dim]
+        rows = torch.arange(self.size, device=items.device)[:, None]
+        inverse = torch.stack([inv for _, inv in parts]).index_select(0, self.row_split)     # [G, B]
+        dim = item_vec.shape[-1]
+        item_vec = item_vec.reshape(-1, dim).index_select(0, (rows * width + inverse).reshape(-1))
+        user = self.params["user"]
+        user_rows = (rows * user.shape[1] + users.index_select(0, self.row_split)).reshape(-1)
+        user_vec = user.reshape(-1, dim).index_select(0, user_rows)
+        return (user_vec * item_vec).sum(-1).view(self.size, -1)
+
+    def row_labels(self, labels: Tensor) -> Tensor:
+        """A batch's labels per row: [B] as given, or with stacked splits [S, B] -> [G, B]."""
+        return labels if self.row_split is None else labels.index_select(0, self.row_split)
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
@@ -200,6 +298,15 @@ class StackedTwoTower:
         for g in range(self.size):  # one [n_users, n_items] matrix at a time keeps memory flat
             out.append((self.params["user"][g, users] @ all_items[g].T).gather(1, items))
         return torch.stack(out)
+
+    @torch.no_grad()
+    def scores_each(self, candidates: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """Evaluation scores of each row g for its own candidates (users [n_users], items
+        [n_users, width]) = candidates[g] (stacked splits: each row its split's validation)."""
+        all_items = self.item_vectors(torch.arange(self.features.shape[0], device=self.features.device),
+                                      training=False)
+        return [(self.params["user"][g, users] @ all_items[g].T).gather(1, items)
+                for g, (users, items) in enumerate(candidates)]
 
     def state(self, g: int) -> State:
         state: State = {}
@@ -214,7 +321,45 @@ class StackedTwoTower:
         for name, p in self.params.items():
             self.params[name] = p.detach().index_select(0, index).requires_grad_(True)
         self.dropout = self.dropout[index]
+        self._keep_rates()
+        if self.row_split is not None:
+            self.row_split = self.row_split[index]
+            self.row_split_list = [self.row_split_list[r] for r in rows]
         self.generators = [self.generators[r] for r in rows]
+
+
+class _ScaledCast(torch.autograd.Function):
+    """(w * scale).to(dtype) in one pass over the weights (the product is computed in fp32 and
+    rounded once on writing), and its backward (grad * scale in fp32) in one more."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(scale)
+        return torch.mul(w, scale, out=torch.empty(w.shape, dtype=dtype, device=w.device))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
+        scale, = ctx.saved_tensors
+        return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=scale.dtype, device=grad.device)), None, None
+
+
+class _ReluDrop(torch.autograd.Function):
+    """relu(h) with the dropped units zeroed (`keep`: int16 bits, -1 kept, 0 dropped, see
+    StackedTwoTower._keep_masks): a ReLU and an in-place AND of the bits forward, one pass backward
+    (the gradient flows where the output is > 0, ReLU's and the mask's condition at once). The
+    scale of inverted dropout is applied by the caller, to the next layer's weights."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, keep: Tensor) -> Tensor:  # noqa: D102
+        out = torch.relu(h)
+        out.view(torch.int16).bitwise_and_(keep)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        out, = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
 # oneDNN (the CPU's bf16 matmuls) compiles a kernel per matrix shape and caches a limited number;
