@@ -175,7 +175,7 @@ def test_image_strategies_are_refused_naming_them(run, named):
     message = str(caught.value)
     assert "\n" not in message
     assert "backbone 'smollm2' is a text-only model (backbones.smollm2.vision: false)" in message
-    assert named in message and "-S backbone=" in message
+    assert named in message and "-S backbone=<one of gpt4v, " in message
 
 
 def test_the_generate_stage_refuses_in_one_line_with_exit_code_3(tmp_path):

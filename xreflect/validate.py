@@ -98,8 +98,7 @@ def _check_vision(params: dict) -> None:
             else "run text-only strategies (e.g. -S 'run=[text,kar,llm_rec]')")
     raise ParamsError(f"params.yaml: backbone {name!r} is a text-only model (backbones.{name}.vision: false), "
                       f"and these strategies in run send image prompts, which need a vision model: {listed}. "
-                      f"Pick a vision backbone, e.g. -S backbone={vision[0] if vision else '<name>'} "
-                      f"(vision backbones: {', '.join(vision)}), or {keep}.")
+                      f"Pick a backbone that reads images (-S backbone=<one of {', '.join(vision)}>), or {keep}.")
 
 
 def _check_train(params: dict) -> None:
