@@ -9,6 +9,7 @@ small for CI: a few prompts, at most a few dozen new tokens each, one server sta
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import yaml
 from xreflect.backends import create_backend
 from xreflect.backends.base import Request
 from xreflect.backends.local_weights import DONE_FILE, PackagedGGUF, prepare
-from xreflect.backends.server_process import group_members, serve_dir
+from xreflect.backends.server_process import ServerUnavailable, group_members, preflight, serve_dir
 from xreflect.cache import ResponseCache
 from xreflect.config import ParamsError, load_params
 from xreflect.generate import run_requests
@@ -103,6 +104,19 @@ def test_a_wrong_sha256_is_refused_before_anything_is_written(cache):
 
 
 # ---- the served life cycle with real answers ----
+
+def test_the_server_runs_with_this_interpreter_on_the_prepared_folder(cache):
+    backend = create_backend("smollm2", PARAMS["backbones"])
+    argv = backend.spec.argv(8000)
+    folder = PackagedGGUF.from_config("smollm2", ENTRY).folder()
+    assert argv[:4] == [sys.executable, "-m", "transformers.cli.transformers", "serve"] and argv[4] == str(folder)
+    assert backend.request_body(Request("llm_rec", 1, "hi", "x"))["model"] == str(folder)  # as the server lists it
+    assert backend.identity(Request("llm_rec", 1, "hi", "x"))["model"] == MODEL  # the cache key keeps the name
+    preflight(backend.spec)  # transformers[serving] is installed (requirements.txt)
+    lacking = dataclasses.replace(backend.spec, modules=("fastapi", "no_such_module_xr"))
+    with pytest.raises(ServerUnavailable, match=r"cannot import no_such_module_xr\. Install it: pip install -r requirements.txt"):
+        preflight(lacking)
+
 
 def stage(max_tokens: int = MAX_TOKENS, keep_alive_s: float = 20.0):
     entry = copy.deepcopy(ENTRY)
