@@ -44,6 +44,7 @@ def validate_params(params: Mapping[str, Any]) -> None:
     run_strategies(params)
     _check_train(params)
     _check_generate(params.get("generate") or {})
+    _check_vision(params)
     _check_evaluate(params.get("evaluate") or {}, strategies)
     _check_analyze(params.get("analyze") or {})
     n_splits = (params.get("split") or {}).get("n_splits", 5)
@@ -61,6 +62,9 @@ def _check_backbone(params: dict) -> None:
     for key in ("concurrency", "max_attempts", "breaker_after", "max_tokens", "max_new_tokens", "batch_size"):
         if key in entry and (not _integer(entry[key]) or entry[key] < 1):
             raise _fail(f"backbones.{name}.{key}", entry[key], "give a positive integer")
+    if "vision" in entry and not isinstance(entry["vision"], bool):
+        raise _fail(f"backbones.{name}.vision", entry["vision"],
+                    "give true (the model reads images) or false (a text-only model)")
     if "timeout_s" in entry and (not _number(entry["timeout_s"]) or entry["timeout_s"] <= 0):
         raise _fail(f"backbones.{name}.timeout_s", entry["timeout_s"], "give seconds > 0, e.g. 120")
     if "temperature" in entry and (not _number(entry["temperature"]) or entry["temperature"] < 0):
@@ -69,6 +73,32 @@ def _check_backbone(params: dict) -> None:
         if not isinstance(price, dict) or not all(_number(price.get(k)) and price[k] >= 0 for k in ("input", "output")):
             raise _fail(f"backbones.{name}.prices.{model}", price,
                         "give USD per million tokens as {input: <number >= 0>, output: <number >= 0>}")
+
+
+def _check_vision(params: dict) -> None:
+    """A text-only backbone (`vision: false`) gets no strategy that sends an image prompt: an image
+    sent to a text-only chat server is dropped without an error, and the answer made up."""
+    from xreflect.generate import prompts_for
+
+    name = params["backbone"]
+    backbones = params.get("backbones") or {}
+    if (backbones[name] or {}).get("vision", True):
+        return
+    needs = {}
+    for strategy in run_strategies(params):
+        images = [p for p in prompts_for(strategy_sources(params, strategy), params) if PROMPTS[p].image]
+        if images:
+            needs[strategy] = images
+    if not needs:
+        return
+    text_only = [s for s in run_strategies(params) if s not in needs]
+    vision = sorted(b for b, entry in backbones.items() if (entry or {}).get("vision", True))
+    listed = "; ".join(f"{strategy} ({', '.join(prompts)})" for strategy, prompts in needs.items())
+    keep = (f"leave them out of run (-S 'run=[{','.join(text_only)}]')" if text_only
+            else "run text-only strategies (e.g. -S 'run=[text,kar,llm_rec]')")
+    raise ParamsError(f"params.yaml: backbone {name!r} is a text-only model (backbones.{name}.vision: false), "
+                      f"and these strategies in run send image prompts, which need a vision model: {listed}. "
+                      f"Pick a backbone that reads images (-S backbone=<one of {', '.join(vision)}>), or {keep}.")
 
 
 def _check_train(params: dict) -> None:

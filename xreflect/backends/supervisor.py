@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -46,7 +47,7 @@ from xreflect.core.paths import cache_dir
 from xreflect.core.io import read_json, write_json
 
 HOLDER_ENV = "XREFLECT_SERVE_HOLDER"  # pid of the `xreflect.backends.server_cli run` wrapper, inherited by stages
-PLACEHOLDERS = ("model", "revision", "port", "gpu_memory", "chat_template")
+PLACEHOLDERS = ("model", "revision", "port", "gpu_memory", "chat_template", "python")  # python: this interpreter
 LOG_TAIL_LINES = 25
 
 
@@ -84,6 +85,7 @@ class ServeSpec:
     install: str             # what to install when the engine is missing (shown in the error)
     chat_template: str | None
     env: Mapping[str, str]
+    modules: tuple[str, ...] = ()  # Python modules the server imports, checked before it starts
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> "ServeSpec":
@@ -118,11 +120,12 @@ class ServeSpec:
                    stop_grace_s=float(serve.get("stop_grace_s", 30)),
                    needs_gpu=bool(serve.get("needs_gpu", True)), install=str(serve.get("install") or ""),
                    chat_template=str(template) if template is not None else None,
-                   env={str(k): str(v) for k, v in (serve.get("env") or {}).items()})
+                   env={str(k): str(v) for k, v in (serve.get("env") or {}).items()},
+                   modules=tuple(str(m) for m in serve.get("modules") or ()))
 
     def argv(self, port: int) -> list[str]:
-        values = {"model": self.model, "revision": self.revision, "port": port,
-                  "gpu_memory": self.gpu_memory, "chat_template": self.chat_template or ""}
+        values = {"model": self.model, "revision": self.revision, "port": port, "gpu_memory": self.gpu_memory,
+                  "chat_template": self.chat_template or "", "python": sys.executable}
         return [arg.format(**values) for arg in self.command]
 
     def chat_template_sha256(self) -> str | None:
@@ -282,9 +285,11 @@ def preflight(spec: ServeSpec, check_gpu: Callable[[], str | None] | None = None
     """One error naming everything the server needs that this machine lacks, and what to install."""
     check_gpu = check_gpu or gpu_problem
     problems = []
-    missing_program = program_problem(spec.command[0])
-    if missing_program:
-        problems.append(f"the {spec.engine} server is not installed: {missing_program}"
+    missing_program = program_problem(spec.argv(spec.port)[0])
+    missing_modules = [name for name in spec.modules if importlib.util.find_spec(name) is None]
+    if missing_program or missing_modules:
+        what = missing_program or f"{sys.executable} cannot import {', '.join(missing_modules)}"
+        problems.append(f"the {spec.engine} server is not installed: {what}"
                         + (f". Install it: {spec.install}" if spec.install else ""))
     if spec.needs_gpu:
         missing_gpu = check_gpu()
