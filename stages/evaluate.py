@@ -21,7 +21,7 @@ import numpy as np
 from xreflect.cli import run_stage
 from xreflect.config import ParamsError, dataset_entry, load_params, run_strategies
 from xreflect.strategies import strategy_sources
-from xreflect.data.split import Split
+from xreflect.data.split import Split, eval_negatives_mode
 from xreflect.full_ranking import full_metrics
 from xreflect.io import read_json, write_json, write_text
 from xreflect.pipeline import MODELS_DIR, split_paths
@@ -47,7 +47,8 @@ def main() -> None:
     not_run = [s for s in params.get("strategies") or {} if s not in strategies]
     if not_run:
         print(f"evaluate: reporting the strategies in `run`; defined but not run: {not_run}", file=sys.stderr)
-    splits = [Split.load(path) for path in split_paths(int(params["split"]["n_splits"]))]
+    mode = eval_negatives_mode(params)
+    splits = [Split.load(path, mode) for path in split_paths(int(params["split"]["n_splits"]))]
     results, full_results, selections = {}, {}, {}
     for strategy in strategies:
         per_split, per_split_full = [], []
@@ -68,7 +69,7 @@ def main() -> None:
     means = lambda res: {s: {m: round(v["mean"], 6) for m, v in r.items()} for s, r in res.items()}  # noqa: E731
     write_json("metrics/summary.json", {**means(results), "full_ranking": means(full_results)})
     write_json("metrics/detail.json", {"dataset": dataset, "backbone": params.get("backbone"),
-                                       "n_splits": len(splits), "results": results,
+                                       "n_splits": len(splits), "eval_negatives_mode": mode, "results": results,
                                        "full_results": full_results, "selection": selections})
     at = lambda k: [f"{m}@{k}" for m in ("precision", "recall", "ndcg")]  # noqa: E731
     title = f"dataset `{dataset}`, backbone `{params.get('backbone')}`, mean ± std over {len(splits)} splits"

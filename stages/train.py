@@ -1,6 +1,6 @@
 """DVC stage `train@<strategy>`: grid-train the two-tower model for one strategy on every split.
 
-Reads params: train, strategies.<strategy>, split.n_splits, evaluate.ks. Reads
+Reads params: train, strategies.<strategy>, split.n_splits, split.eval_negatives, evaluate.ks. Reads
 data/splits/split_<k>.npz and data/embeddings/<strategy>/<source>.npy for each source the strategy
 lists (concatenated in that order; an empty list is Item Popularity, which trains nothing). Writes
 models/<strategy>/split_<k>.npz (`test_scores` and `valid_scores` of the selected model, aligned
@@ -29,7 +29,7 @@ import torch
 from xreflect.cli import run_stage
 from xreflect.config import load_params
 from xreflect.strategies import strategy_sources
-from xreflect.data.split import Split
+from xreflect.data.split import Split, eval_negatives_mode, require_mode
 from xreflect.io import atomic_path, log_stderr, write_json, write_npz
 from xreflect.pipeline import MODELS_DIR, embedding_path, split_paths
 from xreflect.training.baselines import popularity
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     features = load_features(embedding_paths, config.normalize_sources) if sources else None
     out_dir = MODELS_DIR / strategy
     splits = split_paths(int(params["split"]["n_splits"]))
+    mode = eval_negatives_mode(params)
+    for split_path in splits:  # a split of the other split.eval_negatives mode is stale: refused before training
+        require_mode(split_path, mode)
     selection, start = {}, time.perf_counter()
     jobs = [GridJob(k, f"{strategy} split {k + 1}/{len(splits)}: ", split_path, config,
                     DirectoryStore(train_cache_root() / strategy / checkpoint_key(split_path, embedding_paths, config)),
