@@ -1,6 +1,6 @@
 """DVC stage `train@<strategy>`: grid-train the two-tower model for one strategy on every split.
 
-Reads params: train, strategies.<strategy>, split.n_splits, evaluate.ks. Reads
+Reads params: train, strategies.<strategy>, split.n_splits, split.eval_negatives, evaluate.ks. Reads
 data/splits/split_<k>.npz and data/embeddings/<strategy>/<source>.npy for each source the strategy
 lists (concatenated in that order; an empty list is Item Popularity, which trains nothing). Writes
 models/<strategy>/split_<k>.npz (`test_scores` and `valid_scores` of the selected model, aligned

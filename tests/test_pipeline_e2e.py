@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -275,3 +276,37 @@ def test_a_run_subset_ends_with_rc_0_and_every_stage_accounted_for(project, subs
     if "cot" not in subset and "xreflect" not in subset:
         assert similarity.get("left_out")                                      # Figure 3 says what it lacks
     assert name in run("dvc", "exp", "show", "--no-pager", "--csv", cwd=work, env=env)
+
+
+def test_the_other_eval_negatives_mode_reruns_from_split_and_a_stale_split_is_refused(project):
+    """The demo under the mode the defaults do not use: split, train and evaluate rerun, the split
+    files carry the new mode, and a split left from the other mode stops the stages with the fix."""
+    from xreflect.data.split import Split  # noqa: PLC0415
+
+    work, env, _ = project
+    default = yaml.safe_load((work / "params.yaml").read_text())["split"].get("eval_negatives", "shared")
+    other = {"shared": "disjoint", "disjoint": "shared"}[default]
+    def switch(params):
+        params["run"] = ["popularity", "text"]
+        params["split"]["eval_negatives"] = other
+    edit_params(work, switch)
+    stale = stale_stages(work, env)
+    assert {"split", "train@popularity", "train@text", "evaluate"} <= stale
+    run("dvc", "repro", "-q", cwd=work, env=env)
+    assert json.loads((work / "metrics/splits.json").read_text())["eval_negatives_mode"] == other
+    split = Split.load(work / "data/splits/split_0.npz", other)
+    same = np.array_equal(split.valid_negatives, split.test_negatives)
+    assert same == (other == "shared")
+    if other == "disjoint":
+        for valid, test in zip(split.valid_negatives, split.test_negatives):
+            assert not set(valid[valid >= 0].tolist()) & set(test[test >= 0].tolist())
+    summary = json.loads((work / "metrics/summary.json").read_text())
+    assert set(summary) == {"popularity", "popularity_global", "text", "full_ranking"}
+    assert json.loads((work / "metrics/detail.json").read_text())["eval_negatives_mode"] == other
+
+    edit_params(work, lambda p: p["split"].update(eval_negatives=default))  # the splits are now stale
+    for module, args in (("stages.train", ["--strategy", "text"]), ("stages.evaluate", [])):
+        result = subprocess.run([sys.executable, "-m", module, *args], cwd=work, env=env, capture_output=True, text=True)
+        assert result.returncode == 4, result.stderr[-2000:]  # xreflect.core.errors.EXIT_DATA
+        assert "split_0.npz: split drawn with split.eval_negatives=" + other in result.stderr
+        assert "dvc repro -f split" in result.stderr

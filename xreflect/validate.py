@@ -14,6 +14,7 @@ import math
 from typing import Any, Mapping
 
 from xreflect.core.config import ParamsError, dataset_entry, registry_entry, run_strategies
+from xreflect.generation.requests import prompts_for
 from xreflect.paper.prompts import PROMPTS
 from xreflect.paper.strategies import strategy_sources
 
@@ -78,8 +79,6 @@ def _check_backbone(params: dict) -> None:
 def _check_vision(params: dict) -> None:
     """A text-only backbone (`vision: false`) gets no strategy that sends an image prompt: an image
     sent to a text-only chat server is dropped without an error, and the answer made up."""
-    from xreflect.generate import prompts_for
-
     name = params["backbone"]
     backbones = params.get("backbones") or {}
     if (backbones[name] or {}).get("vision", True):

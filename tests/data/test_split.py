@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from xreflect.data.split import PAD, Split, candidates, make_split, negatives_per_set, split_counts
+from xreflect.core.config import ParamsError
+from xreflect.data.split import (DEFAULT_MODE, PAD, Split, SplitModeError, candidates, eval_negatives_mode,
+                                    make_split, negatives_per_set, require_mode, split_counts, stored_mode)
 from xreflect.training.negatives import negative_pool
 
 
@@ -112,3 +114,75 @@ def test_old_split_format_is_refused_with_the_fix(tmp_path):
              test=np.zeros((1, 2), np.int32), eval_negatives=np.zeros((1, 3), np.int32), n_users=1, n_items=5)
     with pytest.raises(ValueError, match=r"split_0.npz: split format 1.*dvc repro -f split"):
         Split.load(path)
+
+
+# ------------------------------------------------------------------ split.eval_negatives: shared | disjoint
+
+def test_shared_mode_draws_one_set_used_by_validation_and_test():
+    pairs = random_pairs(n_users=30, n_items=200, per_user=(5, 40))
+    split = make_split(pairs, 30, 200, (8, 1, 1), n_negatives=80, seed=4, mode="shared")
+    assert split.eval_negatives_mode == "shared"
+    assert np.array_equal(split.valid_negatives, split.test_negatives)
+    for u in range(30):
+        seen = set(pairs[pairs[:, 0] == u, 1].tolist())
+        row = split.valid_negatives[u]
+        assert not (set(row.tolist()) & seen) and len(set(row.tolist())) == 80  # 80 <= 200 - 40 - 1
+    # candidates of both parts hold the same negatives
+    assert np.array_equal(candidates(split, "valid").items[:, -80:], candidates(split, "test").items[:, -80:])
+
+
+def test_shared_mode_allows_sets_that_disjoint_mode_must_shrink():
+    counts = np.array([10, 150, 190])
+    assert negatives_per_set(counts, 200, 80, sets=1).tolist() == [80, 49, 9]  # unobserved - 1 at most
+    assert negatives_per_set(counts, 200, 80, sets=2).tolist() == [80, 24, 4]
+    with pytest.raises(ValueError, match="needs at least 2"):
+        negatives_per_set(np.array([199]), 200, 80, sets=1)
+
+
+@pytest.mark.parametrize("mode", ["shared", "disjoint"])
+def test_split_file_records_its_mode_and_round_trips(tmp_path, mode):
+    split = make_split(random_pairs(), 30, 200, (8, 1, 1), n_negatives=20, seed=1, mode=mode)
+    split.save(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as data:
+        assert str(data["eval_negatives_mode"]) == mode
+        assert ("eval_negatives" in data.files) == (mode == "shared")
+    loaded = Split.load(tmp_path / "s.npz", mode)
+    assert loaded.eval_negatives_mode == mode
+    assert np.array_equal(loaded.valid_negatives, split.valid_negatives)
+    assert np.array_equal(loaded.test_negatives, split.test_negatives)
+
+
+@pytest.mark.parametrize("written, wanted", [("shared", "disjoint"), ("disjoint", "shared")])
+def test_a_split_of_the_other_mode_is_refused_with_the_fix(tmp_path, written, wanted):
+    path = tmp_path / "split_0.npz"
+    make_split(random_pairs(), 30, 200, (8, 1, 1), n_negatives=20, seed=1, mode=written).save(path)
+    with pytest.raises(SplitModeError, match=rf"split_0.npz: split drawn with split.eval_negatives={written}, "
+                                             rf"but params.yaml says {wanted}.*dvc repro -f split"):
+        Split.load(path, wanted)
+    with pytest.raises(SplitModeError, match="dvc repro -f split"):
+        require_mode(path, wanted)
+    require_mode(path, written)  # the same mode passes
+
+
+def test_a_format_2_file_without_a_mode_is_disjoint(tmp_path):
+    split = make_split(random_pairs(), 30, 200, (8, 1, 1), n_negatives=20, seed=1)
+    path = tmp_path / "split_0.npz"
+    np.savez(path, train=split.train, valid=split.valid, test=split.test, valid_negatives=split.valid_negatives,
+             test_negatives=split.test_negatives, n_users=30, n_items=200, seed=1, format_version=2)
+    assert stored_mode(path) == "disjoint"
+    assert Split.load(path, "disjoint").eval_negatives_mode == "disjoint"
+    with pytest.raises(SplitModeError):
+        Split.load(path, "shared")
+
+
+def test_the_mode_param_is_checked():
+    assert eval_negatives_mode({"split": {"eval_negatives": "disjoint"}}) == "disjoint"
+    assert eval_negatives_mode({"split": {}}) == DEFAULT_MODE
+    with pytest.raises(ParamsError, match=r"split.eval_negatives='both'; allowed values are disjoint, shared"):
+        eval_negatives_mode({"split": {"eval_negatives": "both"}})
+
+
+def test_a_shared_split_with_two_different_sets_is_refused():
+    split = make_split(random_pairs(), 30, 200, (8, 1, 1), n_negatives=20, seed=1)  # disjoint sets
+    with pytest.raises(ValueError, match="must be equal"):
+        Split(split.train, split.valid, split.test, split.valid_negatives, split.test_negatives, 30, 200, 1, "shared")

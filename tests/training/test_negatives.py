@@ -60,3 +60,21 @@ def test_random_splits_never_draw_forbidden_items(seed, n_users, n_items):
     for u in range(n_users):
         assert set(pool.items_of(u).tolist()) == set(np.flatnonzero(~forbidden[u]).tolist())
         assert set(items[users == u].tolist()) == set(pool.items_of(u).tolist())
+
+
+@pytest.mark.parametrize("mode, sets", [("shared", 1), ("disjoint", 2)])
+def test_pool_leaves_out_positives_and_the_modes_evaluation_sets(mode, sets):
+    """Every user here has 100 - 10 = 90 unobserved items and 20 negatives per set: the pool keeps
+    90 - 20 items in shared mode (one set) and 90 - 40 in disjoint mode (two)."""
+    rng = np.random.default_rng(5)
+    n_users, n_items = 12, 100
+    pairs = np.array([(u, i) for u in range(n_users) for i in rng.choice(n_items, 10, replace=False)])
+    split = make_split(pairs, n_users, n_items, (8, 1, 1), n_negatives=20, seed=2, mode=mode)
+    pool = negative_pool(split)
+    assert pool.sizes().tolist() == [90 - 20 * sets] * n_users
+    for u in range(n_users):
+        expected = set(range(n_items)) - set(pairs[pairs[:, 0] == u, 1].tolist())
+        expected -= set(split.valid_negatives[u].tolist()) | set(split.test_negatives[u].tolist())
+        assert set(pool.items_of(u).tolist()) == expected
+        if mode == "disjoint":
+            assert not set(split.valid_negatives[u].tolist()) & set(split.test_negatives[u].tolist())

@@ -296,7 +296,7 @@ def write_stage_inputs(root: Path, strategies: dict, train: dict) -> Split:
     split.save(root / "data/splits/split_0.npz")
     np.save(root / "data/embeddings/text_image/description.npy", feats[:, :10])
     np.save(root / "data/embeddings/text_image/image.npy", feats[:, 10:])
-    params = {"split": {"n_splits": 1, "seed": 0}, "train": train, "strategies": strategies}
+    params = {"split": {"n_splits": 1, "seed": 0, "eval_negatives": split.eval_negatives_mode}, "train": train, "strategies": strategies}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return split
 

@@ -3,18 +3,22 @@
 A split file `data/splits/split_<k>.npz` (format 2) holds, with users and items as contiguous
 indices (rows of data/filtered/users.csv and data/filtered/items.jsonl):
   train, valid, test   int32 [n, 2] (user, item) pairs
-  valid_negatives      int32 [n_users, n_negatives]: the user's validation negatives
-  test_negatives       int32 [n_users, n_negatives]: the user's test negatives, disjoint from the
-                       validation ones, so selection never sees the negatives the test uses; both
-                       are items the user never interacted with; -1 pads the rows of the few users
-                       with too few such items (see sample_eval_negatives)
+  eval_negatives_mode  how the evaluation negatives were drawn (params.yaml split.eval_negatives):
+                       `disjoint` (a file without this key is one) or `shared`
+  valid_negatives      (disjoint) int32 [n_users, n_negatives]: the user's validation negatives
+  test_negatives       (disjoint) int32 [n_users, n_negatives]: the user's test negatives, disjoint
+                       from the validation ones, so selection never sees the negatives the test uses
+  eval_negatives       (shared) int32 [n_users, n_negatives]: one set per user that validation and
+                       test both use
+                       All are items the user never interacted with; -1 pads the rows of the few
+                       users with too few such items (see negatives_per_set)
   n_users, n_items     scalars
   seed                 the seed the split was drawn with (training seeds itself from it per split)
-  format_version       2; format 1 (one `eval_negatives` set shared by validation and test) is
-                       refused with the fix, never misread
+  format_version       2; format 1 (a shared set, from before the mode existed) is refused with the
+                       fix, never misread. A split of the other mode than params.yaml's is refused too.
 Training negatives are drawn elsewhere (xreflect.training.negatives) from the items that are neither a
 positive of the user (in any part) nor one of the user's validation or test negatives, as the
-paper requires.
+paper requires: a disjoint split leaves the pool 2 x n_negatives fewer items than a shared one.
 """
 from __future__ import annotations
 
@@ -23,13 +27,42 @@ from pathlib import Path
 
 import numpy as np
 
-from xreflect.core.errors import DataError
 from xreflect.core.config import ParamsError, dataset_entry
+from xreflect.core.errors import DataError
 from xreflect.core.io import log_stderr, write_json, write_npz
 from xreflect.core.paths import FILTERED_DIR, SPLITS_DIR, SPLITS_REPORT
 
 FORMAT_VERSION = 2
 PAD = -1  # fills negative rows of users with fewer than n_negatives per set
+MODES = ("disjoint", "shared")
+DEFAULT_MODE = "shared"
+
+
+class SplitModeError(DataError):
+    """A split file drawn under the other split.eval_negatives mode than params.yaml's."""
+
+
+def eval_negatives_mode(params: dict) -> str:
+    """params.yaml's split.eval_negatives, checked."""
+    mode = (params.get("split") or {}).get("eval_negatives", DEFAULT_MODE)
+    if mode not in MODES:
+        raise ParamsError(f"params.yaml: split.eval_negatives={mode!r}; allowed values are {', '.join(MODES)}")
+    return mode
+
+
+def stored_mode(path: str | Path) -> str:
+    """The eval_negatives_mode a split file was written under (format 2 files without it: disjoint)."""
+    with np.load(path) as data:
+        return str(data["eval_negatives_mode"]) if "eval_negatives_mode" in data.files else "disjoint"
+
+
+def require_mode(path: str | Path, mode: str) -> None:
+    """Refuse a split file of the other mode, with the fix."""
+    got = stored_mode(path)
+    if got != mode:
+        raise SplitModeError(f"{path}: split drawn with split.eval_negatives={got}, but params.yaml says {mode}; "
+                             "rebuild the splits with `dvc repro -f split` (or `python -m stages.split`), or set "
+                             f"split.eval_negatives back to {got}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +75,14 @@ class Split:
     n_users: int
     n_items: int
     seed: int = 0
+    eval_negatives_mode: str = "disjoint"  # "shared": valid_negatives and test_negatives are one set
+
+    def __post_init__(self) -> None:
+        if self.eval_negatives_mode not in MODES:
+            raise ValueError(f"eval_negatives_mode {self.eval_negatives_mode!r}; allowed values are {MODES}")
+        if self.eval_negatives_mode == "shared" and not np.array_equal(self.valid_negatives, self.test_negatives):
+            raise ValueError("a shared-mode split has one set of evaluation negatives: valid_negatives and "
+                             "test_negatives must be equal")
 
     def positives(self, part: str) -> np.ndarray:
         return {"train": self.train, "valid": self.valid, "test": self.test}[part]
@@ -50,20 +91,33 @@ class Split:
         return {"valid": self.valid_negatives, "test": self.test_negatives}[part]
 
     def save(self, path: str | Path) -> None:
-        write_npz(path, train=self.train, valid=self.valid, test=self.test,
-                  valid_negatives=self.valid_negatives, test_negatives=self.test_negatives,
-                  n_users=self.n_users, n_items=self.n_items, seed=self.seed, format_version=FORMAT_VERSION)
+        if self.eval_negatives_mode == "shared":
+            negatives = {"eval_negatives": self.valid_negatives}
+        else:
+            negatives = {"valid_negatives": self.valid_negatives, "test_negatives": self.test_negatives}
+        write_npz(path, train=self.train, valid=self.valid, test=self.test, **negatives,
+                  n_users=self.n_users, n_items=self.n_items, seed=self.seed,
+                  eval_negatives_mode=np.array(self.eval_negatives_mode), format_version=FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Split":
+    def load(cls, path: str | Path, mode: str | None = None) -> "Split":
+        """The split in `path`; with `mode` (params.yaml's split.eval_negatives), a split of the
+        other mode is refused with the fix."""
         with np.load(path) as data:
             version = int(data["format_version"]) if "format_version" in data.files else 1
             if version != FORMAT_VERSION:
                 raise DataError(f"{path}: split format {version}, but this code reads format {FORMAT_VERSION} "
                                  "(separate validation and test negatives); rebuild the splits with "
                                  "`dvc repro -f split` (or `python stages/split.py`)")
-            return cls(data["train"], data["valid"], data["test"], data["valid_negatives"],
-                       data["test_negatives"], int(data["n_users"]), int(data["n_items"]), int(data["seed"]))
+            stored = str(data["eval_negatives_mode"]) if "eval_negatives_mode" in data.files else "disjoint"
+            if mode is not None and stored != mode:
+                require_mode(path, mode)
+            if stored == "shared":
+                valid_negatives = test_negatives = data["eval_negatives"]
+            else:
+                valid_negatives, test_negatives = data["valid_negatives"], data["test_negatives"]
+            return cls(data["train"], data["valid"], data["test"], valid_negatives, test_negatives,
+                       int(data["n_users"]), int(data["n_items"]), int(data["seed"]), stored)
 
 
 def split_counts(n: np.ndarray, ratio: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -95,31 +149,38 @@ def split_user_interactions(pairs: np.ndarray, ratio: tuple[float, float, float]
     return train, valid, test
 
 
-def negatives_per_set(counts: np.ndarray, n_items: int, n_negatives: int) -> np.ndarray:
-    """Validation (and test) negatives per user: `n_negatives`, or for a user with fewer than
-    2 * n_negatives + 1 items never interacted with, half of those items minus one, so the two sets
-    stay disjoint and at least one item is left for training negatives."""
+def negatives_per_set(counts: np.ndarray, n_items: int, n_negatives: int, sets: int = 2) -> np.ndarray:
+    """Evaluation negatives per user and set: `n_negatives`, or for a user with fewer than
+    sets * n_negatives + 1 items never interacted with, (those items - 1) // sets, so that two sets
+    (disjoint mode) stay disjoint and at least one item is left for training negatives."""
     unobserved = n_items - counts
-    per_set = np.minimum(n_negatives, (unobserved - 1) // 2)
+    per_set = np.minimum(n_negatives, (unobserved - 1) // sets)
     short = np.flatnonzero(per_set < 1)
     if short.size:
+        what = ("a validation negative, a test negative and a training negative" if sets == 2 else
+                "an evaluation negative and a training negative")
         raise ParamsError(f"user index {int(short[0])} has only {int(unobserved[short[0]])} item(s) without an "
-                         "interaction; it needs at least 3 (a validation negative, a test negative and a "
-                         "training negative); raise datasets.<name>.min_interactions or filter such users")
+                         f"interaction; it needs at least {sets + 1} ({what}); raise "
+                         "datasets.<name>.min_interactions or filter such users")
     return per_set
 
 
 def sample_eval_negatives(pairs: np.ndarray, n_users: int, n_items: int, n_negatives: int,
-                          rng: np.random.Generator, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint sets of `n_negatives` distinct items per user (validation, test), uniformly among
-    the items the user never interacted with: random keys per (user, item), positives pushed to
-    +inf; the smallest keys go to validation, the next ones to test. Rows are sorted, PAD-filled
-    for users short of items (negatives_per_set)."""
+                          rng: np.random.Generator, chunk: int = 2048,
+                          mode: str = "disjoint") -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation negatives (validation, test) per user, uniformly among the items the user never
+    interacted with: random keys per (user, item), positives pushed to +inf; the smallest keys go
+    to validation. `disjoint`: the next ones to test (two disjoint sets of `n_negatives` distinct
+    items); `shared`: test gets the validation set itself. Rows are sorted, PAD-filled for users
+    short of items (negatives_per_set)."""
+    if mode not in MODES:
+        raise ValueError(f"eval_negatives mode {mode!r}; allowed values are {MODES}")
+    sets = 2 if mode == "disjoint" else 1
     counts = np.bincount(pairs[:, 0], minlength=n_users)
-    per_set = negatives_per_set(counts, n_items, n_negatives)
+    per_set = negatives_per_set(counts, n_items, n_negatives, sets)
     positive = np.zeros((n_users, n_items), dtype=bool)
     positive[pairs[:, 0], pairs[:, 1]] = True
-    width = min(2 * n_negatives, n_items)
+    width = min(sets * n_negatives, n_items)
     column = np.arange(n_negatives)
     valid = np.empty((n_users, n_negatives), dtype=np.int32)
     test = np.empty((n_users, n_negatives), dtype=np.int32)
@@ -131,9 +192,12 @@ def sample_eval_negatives(pairs: np.ndarray, n_users: int, n_items: int, n_negat
         ranked = np.take_along_axis(chosen, np.argsort(np.take_along_axis(keys, chosen, 1), axis=1), 1)
         m = per_set[rows, None]
         used = column < m
-        # Clipped columns only ever land on unused (padded) entries: 2 * m <= width - 1.
+        # Clipped columns only ever land on unused (padded) entries: sets * m <= width - 1 or m <= width.
         valid[rows] = _sorted_padded(np.take_along_axis(ranked, np.minimum(column, width - 1)[None], 1), used)
-        test[rows] = _sorted_padded(np.take_along_axis(ranked, np.minimum(m + column, width - 1), 1), used)
+        if sets == 2:
+            test[rows] = _sorted_padded(np.take_along_axis(ranked, np.minimum(m + column, width - 1), 1), used)
+    if sets == 1:
+        test = valid
     return valid, test
 
 
@@ -145,12 +209,13 @@ def _sorted_padded(items: np.ndarray, used: np.ndarray) -> np.ndarray:
 
 
 def make_split(pairs: np.ndarray, n_users: int, n_items: int, ratio: tuple[float, float, float],
-               n_negatives: int, seed: int) -> Split:
+               n_negatives: int, seed: int, mode: str = "disjoint") -> Split:
     rng = np.random.default_rng(seed)
     train, valid, test = split_user_interactions(pairs, ratio, rng)
-    valid_negatives, test_negatives = sample_eval_negatives(pairs, n_users, n_items, n_negatives, rng)
+    valid_negatives, test_negatives = sample_eval_negatives(pairs, n_users, n_items, n_negatives, rng, mode=mode)
     as32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
-    return Split(as32(train), as32(valid), as32(test), valid_negatives, test_negatives, n_users, n_items, seed)
+    return Split(as32(train), as32(valid), as32(test), valid_negatives, test_negatives, n_users, n_items, seed,
+                 mode)
 
 
 @dataclass(frozen=True)
@@ -185,6 +250,7 @@ def write_splits(params: dict) -> None:
     name, entry = dataset_entry(params)
     config = params.get("split") or {}
     n_splits = int(config.get("n_splits", 5))
+    mode = eval_negatives_mode(params)
     if n_splits < 1:
         raise ParamsError("params.yaml: split.n_splits must be >= 1")
     pairs = np.load(FILTERED_DIR / "pairs.npy")
@@ -192,12 +258,12 @@ def write_splits(params: dict) -> None:
     sizes = {}
     for k in range(n_splits):
         split = make_split(pairs, n_users, n_items, tuple(entry["split_ratio"]),
-                           int(entry["eval_negatives"]), seed=int(config.get("seed", 0)) + k)
+                           int(entry["eval_negatives"]), seed=int(config.get("seed", 0)) + k, mode=mode)
         split.save(SPLITS_DIR / f"split_{k}.npz")
-        # Users with fewer unobserved items than two full negative sets get smaller ones (split.py).
+        # Users with fewer unobserved items than the full negative set(s) get smaller ones.
         short = int((split.test_negatives == PAD).any(axis=1).sum())
         sizes[f"split_{k}"] = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test),
                                "users_with_fewer_negatives": short}
         log_stderr(f"split {k}: {sizes[f'split_{k}']}")
     write_json(SPLITS_REPORT, {"dataset": name, "split_ratio": entry["split_ratio"],
-                        "eval_negatives": int(entry["eval_negatives"]), **sizes})
+                               "eval_negatives": int(entry["eval_negatives"]), "eval_negatives_mode": mode, **sizes})

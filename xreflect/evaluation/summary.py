@@ -18,7 +18,7 @@ from xreflect.core.config import ParamsError, dataset_entry, run_strategies
 from xreflect.core.errors import DataError
 from xreflect.core.io import log_stderr, read_json, write_json, write_text
 from xreflect.core.paths import MODELS_DIR, split_paths
-from xreflect.data.split import Split
+from xreflect.data.split import Split, eval_negatives_mode
 from xreflect.evaluation.full_ranking import full_metrics
 from xreflect.evaluation.popularity import global_popularity_metrics
 from xreflect.evaluation.report import FULL_RANKING_LABELS, aggregate, markdown_table, report_markdown, split_metrics
@@ -44,7 +44,8 @@ def evaluate_run(params: Mapping) -> None:
     not_run = [s for s in params.get("strategies") or {} if s not in strategies]
     if not_run:
         log_stderr(f"evaluate: reporting the strategies in `run`; defined but not run: {not_run}")
-    splits = [Split.load(path) for path in split_paths(int(params["split"]["n_splits"]))]
+    mode = eval_negatives_mode(params)
+    splits = [Split.load(path, mode) for path in split_paths(int(params["split"]["n_splits"]))]
     results, full_results, selections = {}, {}, {}
     for strategy in strategies:
         per_split, per_split_full = [], []
@@ -65,7 +66,7 @@ def evaluate_run(params: Mapping) -> None:
     means = lambda res: {s: {m: round(v["mean"], 6) for m, v in r.items()} for s, r in res.items()}  # noqa: E731
     write_json("metrics/summary.json", {**means(results), "full_ranking": means(full_results)})
     write_json("metrics/detail.json", {"dataset": dataset, "backbone": params.get("backbone"),
-                                       "n_splits": len(splits), "results": results,
+                                       "n_splits": len(splits), "eval_negatives_mode": mode, "results": results,
                                        "full_results": full_results, "selection": selections})
     write_text("metrics/report.md", report_markdown(results, full_results, strategies, ks, baseline,
                                                     f"dataset `{dataset}`, backbone `{params.get('backbone')}`, "

@@ -18,7 +18,7 @@ import torch
 
 from xreflect.core.io import atomic_path, log_stderr, write_json, write_npz
 from xreflect.core.paths import MODELS_DIR, embedding_path, split_paths
-from xreflect.data.split import Split
+from xreflect.data.split import Split, eval_negatives_mode, require_mode
 from xreflect.paper.strategies import strategy_sources
 from xreflect.training.baselines import popularity
 from xreflect.training.config import train_config
@@ -45,6 +45,9 @@ def train_strategy(params: Mapping, strategy: str) -> None:
     features = load_features(embedding_paths, config.normalize_sources) if sources else None
     out_dir = MODELS_DIR / strategy
     splits = split_paths(int(params["split"]["n_splits"]))
+    mode = eval_negatives_mode(params)
+    for split_path in splits:  # a split of the other split.eval_negatives mode is stale: refused before training
+        require_mode(split_path, mode)
     selection, start = {}, time.perf_counter()
     jobs = [GridJob(k, f"{strategy} split {k + 1}/{len(splits)}: ", split_path, config,
                     DirectoryStore(train_cache_root() / strategy / checkpoint_key(split_path, embedding_paths, config)),
