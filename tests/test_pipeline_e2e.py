@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,43 @@ def test_a_run_subset_ends_with_rc_0_and_every_stage_accounted_for(project, subs
     if "cot" not in subset and "xreflect" not in subset:
         assert similarity.get("left_out")                                      # Figure 3 says what it lacks
     assert name in run("dvc", "exp", "show", "--no-pager", "--csv", cwd=work, env=env)
+
+
+def test_a_backbone_switch_runs_against_an_openai_compatible_server(project):
+    """`dvc exp run -S backbone=gpt4v` with the OpenAI provider, against a fake server on 127.0.0.1:
+    the generate stages send their requests there and the experiment ends with rc 0."""
+    from tests.support.fake_openai_server import FakeOpenAI  # noqa: PLC0415
+
+    work, env, _ = project
+    with FakeOpenAI() as server:
+        gpt_env = {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "test-key"}
+        run("dvc", "exp", "run", "-n", "gpt4v-fake", "-S", "backbone=gpt4v", "-S", "run=[text,llm_rec]",
+            cwd=work, env=gpt_env)
+        n_items = len((work / "data/filtered/items.jsonl").read_text().splitlines())
+        assert len(server.chat_requests) == n_items                      # one LLM-Rec request per item
+        assert {body["model"] for body in server.chat_requests} == {"gpt-4o-2024-08-06"}
+    assert every_out_exists(work) == []
+    usage = json.loads((work / "metrics/generate/llm_rec.json").read_text())["llm_rec"]
+    assert usage["backbone"] == "gpt4v" and usage["responses"] == n_items and usage["cost_usd"] > 0
+    assert set(json.loads((work / "metrics/summary.json").read_text())) == {"text", "llm_rec", "full_ranking"}
+
+
+def test_a_param_sweep_through_the_dvc_queue(project):
+    """Two queued experiments, run by DVC's queue workers, each kept with its own params."""
+    work, env, _ = project
+    for dropout in ("0.1", "0.3"):
+        run("dvc", "exp", "run", "--queue", "-n", f"sweep-{dropout.replace('.', '')}", "-S", "run=[popularity,text]",
+            "-S", f"train.dropout=[{dropout}]", cwd=work, env=env)
+    run("dvc", "queue", "start", "-j", "1", cwd=work, env=env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run("dvc", "queue", "status", cwd=work, env=env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    shown = run("dvc", "exp", "show", "--no-pager", "--csv", cwd=work, env=env)
+    assert "sweep-01" in shown and "sweep-03" in shown, shown[-2000:]
 
 
 def test_the_other_eval_negatives_mode_reruns_from_split_and_a_stale_split_is_refused(project):

@@ -112,7 +112,7 @@ def inputs_of(prompt_id: str, params: Mapping, items: list[Item],
 
     Parents are read from `responses_dir` (the strategy's, inside its generate stage) or, when it
     is None, from whichever strategy generated them. `placeholder` is for estimates made before the
-    parents exist (xreflect.generation.budget): it stands in for each missing parent response, so the prompt's
+    parents exist (xreflect.generation.estimate): it stands in for each missing parent response, so the prompt's
     length can be estimated; no request built from it is ever sent (its parent key
     `placeholder:<field>` never matches a cache entry). `fresh` stands it in for every parent (an
     estimate for a dataset not generated yet)."""
