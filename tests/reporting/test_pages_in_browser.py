@@ -80,7 +80,7 @@ def test_dvcs_default_page_is_blank_offline(tmp_path):
 
 @needs_chromium
 def test_gallery_draws_its_chart_and_images_offline(tmp_path):
-    from test_gallery import PARAMS, make_fixture
+    from tests.reporting.test_gallery import PARAMS, make_fixture
 
     out = tmp_path / "gallery.html"
     gallery.build_gallery(PARAMS, 3, 0, out, tmp_path / "w.json", **make_fixture(tmp_path))
