@@ -330,7 +330,7 @@ def test_the_other_eval_negatives_mode_reruns_from_split_and_a_stale_split_is_re
     edit_params(work, switch)
     stale = stale_stages(work, env)
     assert {"split", "train@popularity", "train@text", "evaluate"} <= stale
-    run("dvc", "repro", "-q", "evaluate", cwd=work, env=env)  # (the gallery needs a prompt strategy in `run`)
+    run("dvc", "repro", "-q", cwd=work, env=env)
     assert json.loads((work / "metrics/splits.json").read_text())["eval_negatives_mode"] == other
     split = Split.load(work / "data/splits/split_0.npz", other)
     same = np.array_equal(split.valid_negatives, split.test_negatives)
