@@ -14,7 +14,7 @@ EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
 # it computes (up to float reduction order): they are left out of a grid point's checkpoint key
 # (point_params) and out of the train stage's `params:` in dvc.yaml, so that switching them neither
 # reruns the stage nor misses DVC's run-cache. Every other key changes results and dvc.yaml lists
-# it; tests/test_train_params.py fails when a key of the section is in neither list.
+# it; tests/training/test_train_params.py fails when a key of the section is in neither list.
 PLACEMENT_KEYS = ("executor", "stack_splits")
 
 
