@@ -7,6 +7,8 @@ added through params.yaml alone, and a subset of strategies.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -166,6 +168,17 @@ def edit_params(work: Path, change) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@contextlib.contextmanager
+def params_restored(work: Path):
+    """Give the next test the params this one found: an experiment in the workspace leaves its
+    `-S` changes (a dataset, a backbone) in params.yaml."""
+    before = (work / "params.yaml").read_text()
+    try:
+        yield
+    finally:
+        (work / "params.yaml").write_text(before)
+
+
 def commit(work: Path, env: dict, message: str) -> None:
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=work, env=env)
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message, cwd=work, env=env)
@@ -189,7 +202,7 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_dependents(projec
     # a metric moves depends on where early stopping ended on this CPU, so no value is asserted.
     assert {f"train@{s}" for s in run_list} <= ran_stages(log)
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert all(lock[f"train@{s}"]["params"]["params.yaml"]["train"]["max_epochs"] == 5 for s in run_list)
+    assert all(lock[f"train@{s}"]["params"]["params.yaml"]["train.max_epochs"] == 5 for s in run_list)
     assert stale_stages(work, env) == set()
     diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=work, env=env).strip().splitlines()[-1])
     assert set(diff) <= {"metrics/summary.json", "metrics/similarity.json", "metrics/word_counts.json"}
@@ -285,17 +298,17 @@ def test_a_backbone_switch_runs_against_an_openai_compatible_server(project):
     from tests.support.fake_openai_server import FakeOpenAI  # noqa: PLC0415
 
     work, env, _ = project
-    with FakeOpenAI() as server:
+    with FakeOpenAI() as server, params_restored(work):
         gpt_env = {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "test-key"}
         run("dvc", "exp", "run", "-n", "gpt4v-fake", "-S", "backbone=gpt4v", "-S", "run=[text,llm_rec]",
             cwd=work, env=gpt_env)
         n_items = len((work / "data/filtered/items.jsonl").read_text().splitlines())
         assert len(server.chat_requests) == n_items                      # one LLM-Rec request per item
         assert {body["model"] for body in server.chat_requests} == {"gpt-4o-2024-08-06"}
-    assert every_out_exists(work) == []
-    usage = json.loads((work / "metrics/generate/llm_rec.json").read_text())["llm_rec"]
-    assert usage["backbone"] == "gpt4v" and usage["responses"] == n_items and usage["cost_usd"] > 0
-    assert set(json.loads((work / "metrics/summary.json").read_text())) == {"text", "llm_rec", "full_ranking"}
+        assert every_out_exists(work) == []
+        usage = json.loads((work / "metrics/generate/llm_rec.json").read_text())["llm_rec"]
+        assert usage["backbone"] == "gpt4v" and usage["responses"] == n_items and usage["cost_usd"] > 0
+        assert set(json.loads((work / "metrics/summary.json").read_text())) == {"text", "llm_rec", "full_ranking"}
 
 
 def test_a_param_sweep_through_the_dvc_queue(project):
@@ -314,6 +327,37 @@ def test_a_param_sweep_through_the_dvc_queue(project):
     assert status.count("Success") >= 2, status
     shown = run("dvc", "exp", "show", "--no-pager", "--csv", cwd=work, env=env)
     assert "sweep-01" in shown and "sweep-03" in shown, shown[-2000:]
+
+
+def test_another_dataset_entry_runs_from_a_local_mirror(project, tmp_path):
+    """`dvc exp run -S dataset=movielens-1m` at a tiny scale: a MovieLens-shaped ml-1m.zip and its
+    posters in a local mirror (the route README gives for a machine without access to GroupLens),
+    pinned by their own digests; one movie has no poster and stays in as text-only."""
+    from tests.support.fixtures.datasets import image_bytes, synthetic_ml1m  # noqa: PLC0415
+
+    work, env, _ = project
+    archive = synthetic_ml1m(n_users=50, n_movies=60, per_user=(20, 35), seed=4)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "ml-1m.zip").write_bytes(archive)
+    for movie_id in range(2, 61):  # movie 1, the most rated, has no poster
+        (mirror / f"{movie_id}.jpg").write_bytes(image_bytes("JPEG", (movie_id * 4, 90, 250 - movie_id * 4), 32))
+    entry = "datasets.movielens-1m"
+    with params_restored(work):
+        run("dvc", "exp", "run", "-n", "ml1m-mirror", "-S", "dataset=movielens-1m", "-S", "run=[popularity,text,xreflect]",
+            "-S", f"{entry}.mirror_dir={mirror}", "-S", f"{entry}.archive.sha256={hashlib.sha256(archive).hexdigest()}",
+            "-S", f"{entry}.archive.md5={hashlib.md5(archive).hexdigest()}", "-S", f"{entry}.descriptions.table=null",
+            "-S", f"{entry}.posters.manifest=null", "-S", f"{entry}.eval_negatives=20",
+            "-S", "generate.max_missing_images=0.05", cwd=work, env=env)  # 1 of 50 movies: 2%, above the 1% default
+        assert every_out_exists(work) == []
+        data = json.loads((work / "metrics/data.json").read_text())
+        assert data["source"]["archive"]["sha256"] == hashlib.sha256(archive).hexdigest()
+        items = [json.loads(line) for line in (work / "data/filtered/items.jsonl").read_text().splitlines()]
+        assert {item["item_id"] for item in items if item["image"] is None} == {"1"}
+        assert all("Film Nº" in item["title"] for item in items)
+        summary = json.loads((work / "metrics/summary.json").read_text())
+        assert set(summary) - {"full_ranking", "popularity_global"} == {"popularity", "text", "xreflect"}
+        assert json.loads((work / "metrics/splits.json").read_text())["eval_negatives"] == 20
 
 
 def test_the_other_eval_negatives_mode_reruns_from_split_and_a_stale_split_is_refused(project):
