@@ -35,7 +35,7 @@ CASES = [
     ("generate", ["--strategy", "cot"], "generate.max_missing_images", 2, "generate.max_missing_images"),
     ("generate", ["--strategy", "cot"], "generate.separate_inputs.r_image", "visual", "separate_inputs.r_image"),
     ("generate", ["--strategy", "cot"], "strategies.cot", ["description", "cott"], "strategies.cot"),
-    ("embed", ["--strategy", "text"], "strategies.text", ["description", "nope"], "strategies.text"),
+    ("embed", [], "strategies.text", ["description", "nope"], "strategies.text"),
     ("train", ["--strategy", "text"], "train.normalize_sources", "maybe", "train.normalize_sources"),
     ("train", ["--strategy", "text"], "train.executor", "spark", "train.executor"),
     ("train", ["--strategy", "text"], "train.precision", "fp8", "train.precision"),
