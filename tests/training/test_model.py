@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from xreflect.training.model import (StackedAdamW, StackedTwoTower, TwoTower, init_state, score_state, stacked_loss)
+from xreflect.training.model import (StackedAdamW, StackedTwoTower, TwoTower, gather_rows, init_state, score_state,
+                                     stacked_loss)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "on_test_device")
@@ -33,6 +34,45 @@ def test_adamw_matches_torch_per_grid_point(fused):
             opts[g].step()
     for g in range(3):
         torch.testing.assert_close(params["x"][g].detach(), refs[g].detach())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_grouped_by_lr_changes_no_value(fused):
+    """Grid points that share a learning rate are updated in one call; each must come out bit for
+    bit as when it is updated alone."""
+    torch.manual_seed(0)
+    lrs = [0.1, 0.01, 0.1, 0.01, 0.001]
+    params = {"x": torch.randn(5, 7, 4, requires_grad=True), "b": torch.randn(5, 1, 4, requires_grad=True)}
+    alone = [{n: p[g:g + 1].detach().clone().requires_grad_(True) for n, p in params.items()} for g in range(5)]
+    stacked = StackedAdamW(params, lrs, 0.0005, fused=fused)
+    singles = [StackedAdamW(alone[g], [lrs[g]], 0.0005, fused=fused) for g in range(5)]
+    for _ in range(4):
+        grads = {n: torch.randn(p.shape) for n, p in params.items()}
+        for n, p in params.items():
+            p.grad = grads[n].clone()
+        stacked.step(params)
+        for g in range(5):
+            for n, p in alone[g].items():
+                p.grad = grads[n][g:g + 1].clone()
+            singles[g].step(alone[g])
+    for g in range(5):
+        for n in params:
+            assert torch.equal(params[n][g:g + 1].detach(), alone[g][n].detach())
+
+
+def test_gather_rows_is_index_select_along_dim_1_forward_and_backward():
+    """The flat gather gives the same values and, with many samples per row, the same gradient
+    sums in the same order as index_select along dim 1 (bit for bit)."""
+    torch.manual_seed(0)
+    table = torch.randn(3, 40, 8, requires_grad=True)
+    index = torch.randint(0, 40, (500,))  # ~12 samples per row: the order of the sums matters
+    weight = torch.randn(3, 500, 8)
+    (gather_rows(table, index) * weight).sum().backward()
+    flat_value, flat_grad = gather_rows(table, index).detach(), table.grad.clone()
+    table.grad = None
+    (table.index_select(1, index) * weight).sum().backward()
+    assert torch.equal(flat_value, table.index_select(1, index).detach())
+    assert torch.equal(flat_grad, table.grad)
 
 
 @pytest.mark.parametrize("hidden", [[], [8, 5]])
