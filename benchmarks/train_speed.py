@@ -25,6 +25,10 @@ from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; before importing torch
 
+from xreflect.core.memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as every stage does (xreflect.core.cli.run_stage)
+
 import numpy as np
 import torch
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 from xreflect.core.config import ParamsError
 from xreflect.core.errors import EXIT_INTERRUPTED, EXIT_PARAMS, StopRun
+from xreflect.core.memory import keep_freed_memory
 
 DEBUG_ENV = "XREFLECT_DEBUG"
 
@@ -44,6 +45,7 @@ def message_of(error: BaseException) -> str:
 
 def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     label = name or os.path.basename(sys.argv[0]).removesuffix(".py")
+    keep_freed_memory()  # before the stage's first large allocation (xreflect/core/memory.py)
     try:
         main()
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - unknown errors are re-raised
