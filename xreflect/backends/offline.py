@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from xreflect.backends.base import Backend, GenerationError, Request, Response
-from xreflect.data.image_analysis import ImageAnalysis, analyse_image
+from xreflect.backends.analysis_cache import cached_analysis
+from xreflect.data.image_analysis import ImageAnalysis
 
 ANALYSER_VERSION = "offline-analyser-v1"
 
@@ -492,7 +493,7 @@ def respond(request: Request) -> str:
             raise GenerationError(f"{where}: this prompt needs the item image but the request has none; "
                                   "give the item an image or leave it out of image prompts")
         try:
-            analysis = analyse_image(request.image)
+            analysis = cached_analysis(request.image)
         except ValueError as err:
             raise GenerationError(f"{where}: {err}") from err
     return composer(request, analysis)
