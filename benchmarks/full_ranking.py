@@ -14,10 +14,7 @@ peak allocated GPU memory), measured around the full-ranking steps only.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; before importing torch
 
 import numpy as np
 import torch

@@ -11,11 +11,8 @@ tests/training/test_precision.py runs the same check at small scale.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import replace
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; before importing torch
 
 import numpy as np
 import torch

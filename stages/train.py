@@ -13,16 +13,15 @@ The library function is xreflect.training.run.train_strategy.
 from __future__ import annotations
 
 import argparse
-import os
 
-# OpenMP threads that spin while waiting make torch up to 4x slower whenever anything else runs on
-# the machine (measured on 2 shared cores); passive waiting costs nothing measurable when idle.
-# Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from xreflect.core.cli import run_stage  # noqa: E402 (after the OpenMP setting)
-from xreflect.core.config import load_params  # noqa: E402
-from xreflect.training.run import train_strategy  # noqa: E402
+# OpenMP's own wait policy (a thread spins briefly for the next operation, then sleeps) is left as
+# it is: a training step is ~100 short operations, and waking sleeping threads for each made a bf16
+# step 1.5x slower on an idle machine (OMP_WAIT_POLICY=PASSIVE: 17.0 ms against 11.6 ms, ML-1M
+# size, 2 AMD EPYC cores). On a machine shared with other busy work PASSIVE was 1.3-1.7x faster;
+# set OMP_WAIT_POLICY=PASSIVE in the environment there (README, "Training speed").
+from xreflect.core.cli import run_stage
+from xreflect.core.config import load_params
+from xreflect.training.run import train_strategy
 
 
 def main(argv: list[str] | None = None) -> None:
