@@ -15,7 +15,6 @@ grid x 5 splits for one strategy and for Table 2. Not a test: run it by hand.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 from dataclasses import dataclass, replace
@@ -23,9 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/train.py; before importing torch
-
-from xreflect.core.memory import keep_freed_memory  # noqa: E402
+from xreflect.core.memory import keep_freed_memory
 
 keep_freed_memory()  # as every stage does (xreflect.core.cli.run_stage)
 
@@ -34,8 +31,8 @@ import torch
 
 
 from xreflect.data.split import Split, candidates, make_split
-from xreflect.training.model import (BF16_ROW_STEP, StackedAdamW, StackedTwoTower, TwoTower, init_state, layer_sizes,
-                            pad_rows)
+from xreflect.training.model import (BF16_ROW_STEP, StackedAdamW, StackedTwoTower, TwoTower, distinct_items,
+                                     feature_rows, init_state, layer_sizes, pad_rows)
 from xreflect.training.negatives import negative_pool
 from xreflect.training.config import TrainConfig
 from xreflect.training.epochs import (Samples, batches, epoch_samples, train_epoch_reference,
@@ -146,8 +143,8 @@ def bare_tower_step(features: torch.Tensor, sizes: list[int], n_points: int,
                for a, b in zip(sizes[:-1], sizes[1:])]
 
     def step(part: Samples) -> None:
-        distinct = torch.unique(part.items)
-        h = feats[pad_rows(distinct, 1 if dtype == torch.float32 else BF16_ROW_STEP)]  # as StackedTwoTower
+        distinct, _ = distinct_items(part.items, feats.shape[0])
+        h = feature_rows(feats, pad_rows(distinct, 1 if dtype == torch.float32 else BF16_ROW_STEP))  # as StackedTwoTower
         for layer, w in enumerate(weights):
             h = torch.matmul(torch.relu(h) if layer else h, w)
         h.sum().backward()

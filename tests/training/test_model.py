@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from xreflect.training.model import (StackedAdamW, StackedTwoTower, TwoTower, gather_rows, init_state, score_state,
-                                     stacked_loss)
+from xreflect.training.model import (StackedAdamW, StackedTwoTower, TwoTower, distinct_items, feature_rows, gather_rows,
+                                     init_state, score_state, stacked_loss)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "on_test_device")
@@ -73,6 +73,21 @@ def test_gather_rows_is_index_select_along_dim_1_forward_and_backward():
     (table.index_select(1, index) * weight).sum().backward()
     assert torch.equal(flat_value, table.index_select(1, index).detach())
     assert torch.equal(flat_grad, table.grad)
+
+
+def test_distinct_items_is_torch_unique_with_inverse():
+    gen = torch.Generator().manual_seed(0)
+    for n_items, size in ((50, 400), (3706, 4096), (7, 1), (1000, 10)):  # dense, ML-1M-like, tiny, sparse
+        items = torch.randint(0, n_items, (size,), generator=gen)
+        distinct, inverse = distinct_items(items, n_items)
+        expected, expected_inverse = torch.unique(items, return_inverse=True)
+        assert torch.equal(distinct, expected) and torch.equal(inverse, expected_inverse)
+
+
+def test_feature_rows_is_indexing_for_one_and_two_dimensional_items():
+    table = features(n_items=30, d=5)
+    for items in (torch.tensor([3, 0, 3, 29]), torch.tensor([[1, 2], [2, 7], [0, 0]])):
+        assert torch.equal(feature_rows(table, items), table[items])
 
 
 @pytest.mark.parametrize("hidden", [[], [8, 5]])

@@ -96,6 +96,14 @@ def test_bf16_dropout_keeps_each_points_rate():
     assert torch.equal(alone._keep_masks((2000, 50))[0], keep[1])
 
 
+def test_bf16_dropout_bits_on_the_cpu_are_the_points_sfc64_stream():
+    model = StackedTwoTower([init_state(1, 4, [], 2, seed=0)] * 2, torch.ones(10, 4), dropout=[0.3, 0.5],
+                            seeds=[11, 12], dtype=torch.bfloat16)
+    keep = model._keep_masks((64, 8))
+    bits = torch.from_numpy(np.random.SFC64(12).random_raw(64 * 8 // 4).view(np.int64)).view(torch.int16).view(64, 8)
+    assert torch.equal(keep[1], torch.where(bits <= model.keep_below[1], -1, 0).to(torch.int16))
+
+
 def test_bf16_relu_dropout_passes_the_gradient_where_the_unit_survives():
     h = torch.randn(2, 300, 40, dtype=torch.bfloat16, requires_grad=True)
     keep = torch.randint(0, 2, h.shape, dtype=torch.int16).neg_()  # -1 kept, 0 dropped

@@ -147,6 +147,10 @@ class StackedTwoTower:
             gen = torch.Generator(device=device)
             gen.manual_seed(seed)
             self.generators.append(gen)
+        # The low-precision path's dropout bits on the CPU: numpy's SFC64 stream of the same seed,
+        # which yields 64 random bits twice as fast as torch's CPU generator (mt19937); on a GPU,
+        # torch's own generators (Philox, on the device).
+        self.bit_streams = ([np.random.SFC64(seed) for seed in seeds] if device.type == "cpu" else None)
 
     def _keep_rates(self) -> None:
         """The low-precision path's dropout (_keep_masks): each point keeps a unit with probability
@@ -186,7 +190,7 @@ class StackedTwoTower:
             return self._low_precision_vectors(items, used)
         dtype = self.dtype if training else torch.float32
         # [M, d], shared by all grid points: [M, d] @ [G, d, out] broadcasts
-        h = (self.train_features if training else self.features)[items]
+        h = feature_rows(self.train_features if training else self.features, items)
         if items.dim() == 2:  # [S, M, d]: each row its own split's items
             h = h.index_select(0, self.row_split)
         if training and self.layers == 1:
@@ -201,18 +205,21 @@ class StackedTwoTower:
         return h.float()
 
     def _keep_masks(self, shape: tuple[int, ...], used: list[int] | None = None) -> Tensor:
-        """Which units each grid point keeps, from its own generator: int16 [G, *shape], all bits
+        """Which units each grid point keeps, from its own random stream: int16 [G, *shape], all bits
         set (-1) where kept and 0 where dropped, to AND into a bf16 tensor's bits. 16 random bits
         per unit, drawn 64 at a time (int64 random_ is ~4x cheaper per unit than the fp32 uniform_
-        of _dropout, and every step is an int16 op that torch vectorises, where bool masks and
-        masked_fill_ are not): a unit is kept when its 16 bits, read as int16, are <= keep_below,
+        of _dropout, numpy's SFC64 on the CPU ~2x cheaper again, and every step is an int16 op that
+        torch vectorises, where bool masks and masked_fill_ are not): a unit is kept when its 16 bits, read as int16, are <= keep_below,
         with probability keep_units / 65536 (the keep rate rounded to 1/65536, see _keep_rates)."""
         n = math.prod(shape)
         words = (torch.empty if used is None else torch.zeros)((self.size, -(-n // 4)), dtype=torch.int64,
                                                                 device=self.features.device)
         for row, gen in enumerate(self.generators):  # with `used`: only the row's own split's items
             row_words = words[row] if used is None else words[row, :-(-used[row] * (n // shape[0]) // 4)]
-            row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
+            if self.bit_streams is None:
+                row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
+            else:
+                row_words.copy_(torch.from_numpy(self.bit_streams[row].random_raw(len(row_words)).view(np.int64)))
         bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
         # dropped -> 1 -> 0, kept -> 0 -> -1 (sub_; an int16 neg_ measured far slower on the CPU)
         return torch.gt(bits, self.keep_below.view(-1, *[1] * len(shape)), out=bits).sub_(1)
@@ -227,7 +234,7 @@ class StackedTwoTower:
           fewer, and no rounding of 1/keep to bf16;
         - the activations stay in the low dtype from the features to the last layer."""
         dtype = self.dtype
-        h = self.train_features[items]  # [M, d] bf16, shared by every grid point
+        h = feature_rows(self.train_features, items)  # [M, d] bf16, shared by every grid point
         if items.dim() == 2:  # stacked splits: [S, M, d] -> each row its own split's items
             h = h.index_select(0, self.row_split)
         elif self.size > 1:  # one copy per row, so the first layer's weight gradient needs no transposing copy
@@ -258,7 +265,7 @@ class StackedTwoTower:
         """
         if self.row_split is not None:
             return self._split_logits(users, items)
-        distinct, inverse = torch.unique(items, return_inverse=True)
+        distinct, inverse = distinct_items(items, self.features.shape[0])
         distinct = pad_rows(distinct, self.row_step)
         item_vec = gather_rows(self.item_vectors(distinct, training=True), inverse)  # [G, B, dim]
         user_vec = gather_rows(self.params["user"], users)                       # [G, B, dim]
@@ -269,7 +276,7 @@ class StackedTwoTower:
         splits' epochs have as many samples). Each split's distinct items go through the tower of
         its own rows, padded to one length, and each row reads its split's samples: what each row
         computes unstacked, in one launch per operation."""
-        parts = [torch.unique(split_items, return_inverse=True) for split_items in items]
+        parts = [distinct_items(split_items, self.features.shape[0]) for split_items in items]
         distinct = [pad_rows(d, self.row_step) for d, _ in parts]
         width = max(len(d) for d in distinct)
         index = torch.stack([pad_rows(d, width) if len(d) < width else d for d in distinct])  # [S, M]
@@ -325,6 +332,23 @@ class StackedTwoTower:
             self.row_split = self.row_split[index]
             self.row_split_list = [self.row_split_list[r] for r in rows]
         self.generators = [self.generators[r] for r in rows]
+        if self.bit_streams is not None:
+            self.bit_streams = [self.bit_streams[r] for r in rows]
+
+
+def distinct_items(items: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
+    """torch.unique(items, return_inverse=True) for item ids in [0, n_items): the distinct ids in
+    ascending order and each entry's position among them, from a presence table and its running
+    count instead of a sort (a 4,096-sample batch: 34 us against 114 us)."""
+    present = torch.zeros(n_items, dtype=torch.int64, device=items.device).index_fill_(0, items, 1)
+    distinct = present.nonzero().squeeze(1)
+    return distinct, present.cumsum_(0).sub_(1).index_select(0, items)
+
+
+def feature_rows(features: Tensor, items: Tensor) -> Tensor:
+    """features[items] for items of any shape, by index_select: the same rows, and for a bf16
+    batch's ~2,300 rows of 384 it took 24 us where advanced indexing took 200 us."""
+    return features.index_select(0, items.reshape(-1)).view(*items.shape, features.shape[1])
 
 
 def gather_rows(table: Tensor, index: Tensor) -> Tensor:
