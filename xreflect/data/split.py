@@ -103,7 +103,12 @@ class Split:
     def load(cls, path: str | Path, mode: str | None = None) -> "Split":
         """The split in `path`; with `mode` (params.yaml's split.eval_negatives), a split of the
         other mode is refused with the fix."""
-        with np.load(path) as data:
+        try:
+            archive = np.load(path)
+        except (OSError, ValueError) as err:  # not an npz (a truncated copy, a stray file)
+            raise DataError(f"{path}: not a readable split ({err}); rebuild the splits with "
+                            "`dvc repro -f split`") from err
+        with archive as data:
             version = int(data["format_version"]) if "format_version" in data.files else 1
             if version != FORMAT_VERSION:
                 raise DataError(f"{path}: split format {version}, but this code reads format {FORMAT_VERSION} "

@@ -15,7 +15,7 @@ EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
 # (point_params) and out of the train stage's `params:` in dvc.yaml, so that switching them neither
 # reruns the stage nor misses DVC's run-cache. Every other key changes results and dvc.yaml lists
 # it; tests/training/test_train_params.py fails when a key of the section is in neither list.
-PLACEMENT_KEYS = ("executor", "stack_splits")
+PLACEMENT_KEYS = ("executor", "stack_splits", "workers")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class TrainConfig:
     executor: str = "local"     # where the grid jobs run: local | ray (training/executor.py)
     normalize_sources: bool = False  # L2-normalise each embedding source's rows before concatenating
     stack_splits: bool = False  # local executor: train every split's grid in one stack (grid.train_grids_stacked)
+    workers: int = 1            # local executor: grid jobs trained side by side in this many processes
 
     @classmethod
     def from_params(cls, section: dict | None) -> "TrainConfig":
