@@ -17,7 +17,7 @@ import argparse
 # OpenMP's own wait policy (a thread spins briefly for the next operation, then sleeps) is left as
 # it is: a training step is ~100 short operations, and waking sleeping threads for each made a bf16
 # step 1.5x slower on an idle machine (OMP_WAIT_POLICY=PASSIVE: 17.0 ms against 11.6 ms, ML-1M
-# size, 2 AMD EPYC cores). On a machine shared with other busy work PASSIVE was 1.3-1.7x faster;
+# size, 2 AMD EPYC cores). On a machine shared with other busy work PASSIVE was 1.2-1.7x faster;
 # set OMP_WAIT_POLICY=PASSIVE in the environment there (README, "Training speed").
 from xreflect.core.cli import run_stage
 from xreflect.core.config import load_params
