@@ -15,8 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import warnings
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
@@ -72,26 +71,31 @@ def side_by_side(jobs: list[GridJob], features: np.ndarray, workers: int,
     threads = max(1, torch.get_num_threads() // workers)
     log(f"train: {len(jobs)} grid jobs on {workers} processes side by side (train.workers), "
         f"{threads} torch thread(s) each")
-    queue = deque(jobs)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context(start_method(threads)),
                                  initializer=_worker_start, initargs=(threads,)) as pool:
-            running: dict[Future, GridJob] = {}
-            while queue or running:
-                while queue and len(running) < workers - 1:  # the workers take jobs from the back
-                    job = queue.pop()
-                    running[pool.submit(train_job, job, features)] = job
-                done = [f for f in running if f.done()]
-                if not done and queue:  # this process takes the next job from the front
-                    job = queue.popleft()
-                    yield job, train_job(job, features, log)
-                    continue
-                if not done:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield running.pop(future), future.result()
+            # Every job goes to the pool, the last first, so the workers work from the back; this
+            # process works from the front, taking each job that no worker has started yet
+            # (cancel() succeeds only then). Nobody waits while a job is left.
+            futures = {job.index: pool.submit(train_job, job, features) for job in reversed(jobs)}
+            collected: set[int] = set()
+            try:
+                for job in jobs:
+                    if futures[job.index].cancel():
+                        collected.add(job.index)
+                        yield job, train_job(job, features, log)
+                    for other in jobs:  # what the workers finished meanwhile, written out now
+                        if other.index not in collected and futures[other.index].done():
+                            collected.add(other.index)
+                            yield other, futures[other.index].result()
+                for other in jobs:
+                    if other.index not in collected:
+                        yield other, futures[other.index].result()
+            except BaseException:  # a job failed (or the stage stops): start no further job
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     finally:
         torch.set_num_threads(previous)
 
