@@ -79,6 +79,23 @@ def test_more_workers_than_jobs_and_one_job_stay_correct(tmp_path):
     assert_same_results({0: serial[0]}, {job.index: result for job, result in one})
 
 
+def test_workers_of_several_threads_are_spawned_and_equal_the_serial_run_at_that_thread_count(tmp_path):
+    paths, feats = split_files(tmp_path, n=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the serial reference: the thread count each worker gets below
+    try:
+        serial = {job.index: result for job, result in run_grid_jobs(jobs_for(paths, small_config()), feats, "local")}
+        torch.set_num_threads(4)  # 2 workers x 2 threads: spawned, not forked
+        lines: list[str] = []
+        side = {job.index: result for job, result in
+                run_grid_jobs(jobs_for(paths, small_config(workers=2)), feats, "local", lines.append)}
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+    assert any("on 2 processes side by side (train.workers), 2 torch thread(s) each" in line for line in lines)
+    assert_same_results(serial, side)
+
+
 def test_a_job_that_fails_in_a_worker_fails_the_run(tmp_path):
     paths, feats = split_files(tmp_path, n=3)
     paths[-1].write_bytes(b"not an npz")  # the workers take jobs from the back: a worker loads this one
