@@ -13,7 +13,8 @@ import torch
 from xreflect.core.errors import DataError
 from xreflect.data.split import make_split
 from xreflect.training.config import PLACEMENT_KEYS, TrainConfig
-from xreflect.training.executor import GridJob, run_grid_jobs, start_method
+from xreflect.training.executor import GridJob, run_grid_jobs
+from xreflect.training.side_by_side import start_method
 from xreflect.training.store import DirectoryStore
 
 from tests.training.test_train import SMALL, planted
@@ -98,9 +99,23 @@ def test_workers_of_several_threads_are_spawned_and_equal_the_serial_run_at_that
 
 def test_a_job_that_fails_in_a_worker_fails_the_run(tmp_path):
     paths, feats = split_files(tmp_path, n=3)
-    paths[-1].write_bytes(b"not an npz")  # the workers take jobs from the back: a worker loads this one
+    paths[-1].write_bytes(b"not an npz")  # taken by whichever process is free after the first two
     with pytest.raises(DataError, match=r"split_2.npz: not a readable split .*dvc repro -f split"):
         list(run_grid_jobs(jobs_for(paths, small_config(workers=2)), feats, "local"))
+
+
+def test_a_worker_reports_its_failure_and_starts_no_further_job(tmp_path):
+    import multiprocessing
+
+    from xreflect.training.side_by_side import _work
+
+    paths, feats = split_files(tmp_path, n=3)
+    paths[0].write_bytes(b"not an npz")
+    next_job, results = multiprocessing.Value("i", 0), multiprocessing.Queue()
+    _work(jobs_for(paths, small_config()), feats, 1, next_job, results)  # here, as a worker runs it
+    index, outcome = results.get(timeout=10)
+    assert index == 0 and isinstance(outcome, DataError) and "split_0.npz" in str(outcome)
+    assert next_job.value == 1 and results.empty()  # jobs 1 and 2 are left to the others
 
 
 def test_workers_is_a_placement_key_and_a_positive_integer():
