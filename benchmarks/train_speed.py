@@ -144,7 +144,8 @@ def bare_tower_step(features: torch.Tensor, sizes: list[int], n_points: int,
 
     def step(part: Samples) -> None:
         distinct, _ = distinct_items(part.items, feats.shape[0])
-        h = feature_rows(feats, pad_rows(distinct, 1 if dtype == torch.float32 else BF16_ROW_STEP))  # as StackedTwoTower
+        # as StackedTwoTower
+        h = feature_rows(feats, pad_rows(distinct, 1 if dtype == torch.float32 else BF16_ROW_STEP))
         for layer, w in enumerate(weights):
             h = torch.matmul(torch.relu(h) if layer else h, w)
         h.sum().backward()

@@ -18,7 +18,8 @@ import argparse
 # it is: a training step is ~100 short operations, and waking sleeping threads for each made a bf16
 # step 1.5x slower on an idle machine (OMP_WAIT_POLICY=PASSIVE: 17.0 ms against 11.6 ms, ML-1M
 # size, 2 AMD EPYC cores). On a machine shared with other busy work PASSIVE was 1.2-1.7x faster;
-# set OMP_WAIT_POLICY=PASSIVE in the environment there (README, "Training speed").
+# set OMP_WAIT_POLICY=PASSIVE in the environment there (README, "Precision: bf16 where the
+# hardware has it").
 from xreflect.core.cli import run_stage
 from xreflect.core.config import load_params
 from xreflect.training.run import train_strategy

@@ -97,7 +97,7 @@ def test_workers_of_several_threads_are_spawned_and_equal_the_serial_run_at_that
     assert_same_results(serial, side)
 
 
-def test_a_job_that_fails_in_a_worker_fails_the_run(tmp_path):
+def test_a_failing_job_fails_the_run_whichever_process_trains_it(tmp_path):
     paths, feats = split_files(tmp_path, n=3)
     paths[-1].write_bytes(b"not an npz")  # taken by whichever process is free after the first two
     with pytest.raises(DataError, match=r"split_2.npz: not a readable split .*dvc repro -f split"):

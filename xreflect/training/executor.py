@@ -5,7 +5,8 @@ A grid job is one split of one strategy: the whole lr x dropout grid as train_gr
 another, or with `train.stack_splits: true` all in one stack (splits x grid points models per
 launch, for a launch-bound GPU: xreflect/training/grid.py train_grids_stacked; the same results up
 to float reduction order), or with `train.workers: N` (CPU) N jobs side by side, this process and
-N - 1 worker processes, the cores shared out between them (xreflect/training/side_by_side.py). `ray` sends them to a Ray cluster at once (xreflect/training/ray_jobs.py;
+N - 1 worker processes, the cores shared out between them (xreflect/training/side_by_side.py).
+`ray` sends them to a Ray cluster at once (xreflect/training/ray_jobs.py;
 one job per split there, stack_splits does not apply), so the five splits of a strategy, and the jobs of every strategy whose stage runs at the same time, train in
 parallel. Either way each finished job's grid points land in the stage's checkpoint store and its
 result comes back to the stage, which writes DVC's outs exactly as before.

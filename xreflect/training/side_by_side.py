@@ -3,9 +3,9 @@
 This process and N - 1 worker processes share the cores (cores // N torch threads each) and one
 counter of the next job to start: each takes the next job whenever it is free, so nobody waits
 while a job is left, whatever the jobs' lengths. Workers send their results back through a queue
-(its sender thread lets a worker go on to its next job at once);
-the stage writes every result as soon as it has it, and the workers save their grid points in
-the job's checkpoint store as the serial path does. A job's result depends only on its thread
+(its sender thread lets a worker go on to its next job at once); the stage writes every result
+as soon as it has it, and the workers save their grid points in the job's checkpoint store as
+the serial path does. A job's result depends only on its thread
 count, not on the process it runs in.
 
 Why: a small problem's training step (the demo's) is a chain of small, memory-bound operations
