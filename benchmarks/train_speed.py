@@ -4,6 +4,7 @@
     python -m benchmarks.train_speed --scale amazon          # Amazon-Software size
     python -m benchmarks.train_speed --scale ml1m --quick    # time 12 batches each and extrapolate
     python -m benchmarks.train_speed --precisions fp32 bf16  # both dtypes (default: what auto allows)
+    python -m benchmarks.train_speed --scale demo --threads 1 --pair-dots  # sample scores (un)blocked
 
 Builds a synthetic problem of the given size (long-tail item popularity, clustered item features
 that users' tastes follow), times one epoch of each implementation in the same process (so the
@@ -163,7 +164,7 @@ def tower_flops(n_items: float, sizes: list[int]) -> float:
 
 def bench_features(split: Split, features: np.ndarray, config: TrainConfig, device: torch.device,
                    max_batches: int | None, reference: bool, precisions: list[str],
-                   before: bool = False) -> dict[str, float]:
+                   before: bool = False, pair_dots: bool = False) -> dict[str, float]:
     """Epoch seconds of the 9-point stack, one point, the roofline of each (per precision) and the
     per-sample reference (fp32), all timed batch by batch in turn; evaluation seconds (fp32)."""
     feats = torch.as_tensor(features, device=device)
@@ -185,6 +186,15 @@ def bench_features(split: Split, features: np.ndarray, config: TrainConfig, devi
                                                      batch_size=config.batch_size)
         steps[f"roofline_stack_{precision}"] = bare_tower_step(feats, sizes, len(grid), dtype)
         steps[f"roofline_single_{precision}"] = bare_tower_step(feats, sizes, 1, dtype)
+    for blocked in (True, False) if pair_dots else ():  # the sample scores forced (un)blocked, each precision
+        for precision in precisions:
+            for name, n_points in (("stack", len(grid)), ("single", 1)):
+                model = StackedTwoTower([init] * n_points, feats, [p.dropout for p in grid[:n_points]],
+                                        list(range(n_points)), DTYPES[precision])
+                model.blocked_pair_dots = blocked
+                opt = StackedAdamW(model.params, [p.lr for p in grid[:n_points]], config.weight_decay)
+                steps[f"{'blocked' if blocked else 'unblocked'}_{name}_epoch_{precision}"] = partial(
+                    train_epoch_stacked, model, opt, batch_size=config.batch_size)
     if before:  # the trainer before train.precision and the fused optimizer: fp32, plain-op AdamW
         old = StackedTwoTower([init], feats, [grid[0].dropout], [0])
         old_opt = StackedAdamW(old.params, [grid[0].lr], config.weight_decay, fused=False)
@@ -221,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the per-sample reference")
     parser.add_argument("--before", action="store_true",
                         help="also time one point as trained before train.precision (fp32, plain-op AdamW)")
+    parser.add_argument("--pair-dots", action="store_true",
+                        help="also time the stack and one point with the sample scores blocked and unblocked "
+                             "(model.pair_dots; by default blocked only on one thread)")
     parser.add_argument("--early-stop", action="store_true",
                         help="train the full grid once (fast trainer) to measure epochs to early stop")
     parser.add_argument("--epochs", type=float, default=40.0,
@@ -253,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
           + (" [quick: median of 12 interleaved batches x batches per epoch]" if args.quick else ""))
     for d, feats in features.items():
         r = bench_features(split, feats, config, device, 12 if args.quick else None, not args.no_reference, precisions,
-                           args.before)
+                           args.before, args.pair_dots)
         epochs, how = args.epochs, "assumed"
         if args.early_stop:
             fit = train_grid(split, feats, replace(config, precision=precisions[-1]), device=device, log=lambda m: None)
@@ -281,6 +294,12 @@ def main(argv: list[str] | None = None) -> None:
                   f"one strategy: {total / 3600:.2f} h; Table 2 ({args.strategies} trained strategies at this "
                   f"width): {total * args.strategies / 3600:.1f} h (grid points "
                   f"{'stacked' if stacked else 'one at a time'}, as train_grid does on {device.type})")
+        for precision in precisions if args.pair_dots else []:
+            ratios = {name: r[f"unblocked_{name}_epoch_{precision}"] / r[f"blocked_{name}_epoch_{precision}"]
+                      for name in ("stack", "single")}
+            print(f"  {precision}, sample scores unblocked / blocked: stack {ratios['stack']:.2f}x "
+                  f"({r[f'unblocked_stack_epoch_{precision}']:.2f} / {r[f'blocked_stack_epoch_{precision}']:.2f} s), "
+                  f"single {ratios['single']:.2f}x")
         if "before_single_epoch" in r:
             after = r[f"single_epoch_{auto}"] if f"single_epoch_{auto}" in r else r[f"single_epoch_{precisions[-1]}"]
             print(f"  before (fp32, plain-op AdamW), single point: {r['before_single_epoch']:.2f} s/epoch; "

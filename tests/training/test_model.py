@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from xreflect.training import model as model_module
 from xreflect.training.model import (StackedAdamW, StackedTwoTower, TwoTower, distinct_items, feature_rows, gather_rows,
-                                     init_state, score_state, stacked_loss)
+                                     init_state, pair_dots, score_state, stacked_loss)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "on_test_device")
@@ -73,6 +74,60 @@ def test_gather_rows_is_index_select_along_dim_1_forward_and_backward():
     (table.index_select(1, index) * weight).sum().backward()
     assert torch.equal(flat_value, table.index_select(1, index).detach())
     assert torch.equal(flat_grad, table.grad)
+
+
+def test_blocked_pair_dots_are_the_unblocked_bit_for_bit(monkeypatch):
+    """Scores and both tables' gradients, over several blocks and a short last one, with ~25
+    samples per user row: the gradient sums' order matters."""
+    monkeypatch.setattr(model_module, "PAIR_BLOCK", 64)
+    gen = torch.Generator().manual_seed(0)
+    users_table = torch.randn(3, 40, 16, generator=gen).requires_grad_(True)
+    items_table = torch.randn(3, 30, 16, generator=gen).requires_grad_(True)
+    users, items = torch.randint(0, 40, (1000,), generator=gen), torch.randint(0, 30, (1000,), generator=gen)
+    grad = torch.randn(3, 1000, generator=gen)
+    results = []
+    for blocked in (True, False):
+        scores = pair_dots(users_table, items_table, users, items, blocked)
+        scores.backward(grad)
+        results.append((scores.detach(), users_table.grad, items_table.grad))
+        users_table.grad = items_table.grad = None
+    for blocked_value, unblocked_value in zip(*results):
+        assert torch.equal(blocked_value, unblocked_value)
+
+
+def test_pair_dots_are_blocked_on_one_cpu_thread_with_a_large_product():
+    """Blocked only where it measured faster: one CPU thread (a train.workers process), a product
+    of at least BLOCKED_MIN elements; a GPU and several threads keep one launch per operation."""
+    def blocked(groups: int, threads: int) -> bool:
+        torch.set_num_threads(threads)
+        table = torch.zeros(groups, 10, 128, requires_grad=True)
+        index = torch.zeros(4096, dtype=torch.int64)
+        return "Blocked" in type(pair_dots(table, table, index, index).grad_fn).__name__
+    large = -(-model_module.BLOCKED_MIN // (4096 * 128))  # grid points that make the product large
+    if torch.get_default_device().type != "cpu":
+        assert not blocked(large, 1)
+        return
+    assert blocked(large, 1) and not blocked(large - 1, 1) and not blocked(large, 2)
+
+
+def test_stacked_training_is_the_same_blocked_or_not():
+    """A few dropout steps of a 3-point stack: every parameter the same bits either way."""
+    feats = features(n_items=50, d=6)
+    states = [init_state(20, 6, [8], 4, seed=s) for s in range(3)]
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 20, (300,), generator=gen), torch.randint(0, 50, (300,), generator=gen),
+                torch.randint(0, 2, (300,), generator=gen).float()) for _ in range(4)]
+    trained = []
+    for blocked in (True, False):
+        model = StackedTwoTower(states, feats, dropout=[0.1, 0.3, 0.5], seeds=[0, 1, 2])
+        model.blocked_pair_dots = blocked
+        optimizer = StackedAdamW(model.params, [0.01, 0.003, 0.001], 0.0005)
+        for users, items, labels in batches:
+            stacked_loss(model.logits(users, items), labels).backward()
+            optimizer.step(model.params)
+        trained.append({name: p.detach() for name, p in model.params.items()})
+    for name in trained[0]:
+        assert torch.equal(trained[0][name], trained[1][name]), name
 
 
 def test_distinct_items_is_torch_unique_with_inverse():
