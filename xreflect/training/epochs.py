@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from xreflect.data.split import Split
-from xreflect.training.model import StackedAdamW, StackedTwoTower, TwoTower, point_losses
+from xreflect.training.model import StackedAdamW, StackedTwoTower, TwoTower, batches, point_losses
 from xreflect.training.negatives import NegativePool, sample_negatives
 from xreflect.training.config import TrainConfig
 from xreflect.training.seeds import epoch_seed
@@ -46,10 +46,6 @@ def epoch_samples(split: Split, pool: NegativePool, config: TrainConfig, epoch: 
         t = torch.from_numpy(np.ascontiguousarray(a[order]))
         return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
     return Samples(move(users), move(items), move(labels))
-
-
-def batches(n: int, size: int) -> list[slice]:
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def train_epoch_stacked(model: StackedTwoTower, optimizer: StackedAdamW, samples: Samples,

@@ -399,7 +399,7 @@ class _BlockedPairDots(torch.autograd.Function):
         user_rows, item_rows = _flat_rows(users_table, users), _flat_rows(items_table, items)
         flat_users, flat_items = users_table.reshape(-1, dim), items_table.reshape(-1, dim)
         out = torch.empty(len(user_rows), dtype=users_table.dtype, device=users_table.device)
-        for block in _blocks(len(user_rows)):
+        for block in batches(len(user_rows), PAIR_BLOCK):
             product = flat_users.index_select(0, user_rows[block]).mul_(flat_items.index_select(0, item_rows[block]))
             torch.sum(product, -1, out=out[block])
         ctx.save_for_backward(users_table, items_table, user_rows, item_rows)
@@ -412,7 +412,7 @@ class _BlockedPairDots(torch.autograd.Function):
         flat_users, flat_items = users_table.reshape(-1, dim), items_table.reshape(-1, dim)
         users_grad, items_grad = torch.zeros_like(flat_users), torch.zeros_like(flat_items)
         grad = grad.reshape(-1, 1)
-        for block in _blocks(len(user_rows)):
+        for block in batches(len(user_rows), PAIR_BLOCK):
             users_grad.index_add_(0, user_rows[block], grad[block] * flat_items.index_select(0, item_rows[block]))
             items_grad.index_add_(0, item_rows[block], grad[block] * flat_users.index_select(0, user_rows[block]))
         return users_grad.view_as(users_table), items_grad.view_as(items_table), None, None
@@ -423,8 +423,9 @@ def _flat_rows(table: Tensor, index: Tensor) -> Tensor:
     return (torch.arange(table.shape[0], device=index.device)[:, None] * table.shape[1] + index).reshape(-1)
 
 
-def _blocks(n: int) -> list[slice]:
-    return [slice(start, min(start + PAIR_BLOCK, n)) for start in range(0, n, PAIR_BLOCK)]
+def batches(n: int, size: int) -> list[slice]:
+    """Consecutive slices of `size` covering range(n) (an epoch's batches, a batch's blocks)."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 class _ScaledCast(torch.autograd.Function):
