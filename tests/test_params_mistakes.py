@@ -37,7 +37,9 @@ CASES = [
     ("generate", ["--strategy", "cot"], "strategies.cot", ["description", "cott"], "strategies.cot"),
     ("embed", [], "strategies.text", ["description", "nope"], "strategies.text"),
     ("train", ["--strategy", "text"], "train.normalize_sources", "maybe", "train.normalize_sources"),
-    ("train", ["--strategy", "text"], "train.executor", "spark", "train.executor"),
+    ("train", ["--strategy", "text"], "placement.executor", "spark", "placement.executor"),
+    ("train", ["--strategy", "text"], "train.workers", 2, "placement.workers"),  # the key's old home
+    ("train", ["--strategy", "text"], "placement.lr", [0.1], "placement.lr"),
     ("train", ["--strategy", "text"], "train.precision", "fp8", "train.precision"),
     ("train", ["--strategy", "text"], "train.item_hidden", [512, -1], "train.item_hidden"),
     ("train", ["--strategy", "text"], "train.lr", [], "train.lr"),
@@ -88,7 +90,7 @@ def test_a_params_mistake_is_one_line_and_exit_code_3(project, monkeypatch, stag
     assert "\n" not in message.strip() and named in message
 
 
-@pytest.mark.parametrize("stage, args, key, value", [("train", ["--strategy", "text"], "train.executor", "spark"),
+@pytest.mark.parametrize("stage, args, key, value", [("train", ["--strategy", "text"], "placement.executor", "spark"),
                                                       ("filter", [], "datasets.demo.min_interactions", 0)])
 def test_the_stage_process_prints_one_line_and_exits_3(project, tmp_path, stage, args, key, value):
     root, params = project

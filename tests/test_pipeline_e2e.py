@@ -210,7 +210,7 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_dependents(projec
 
 
 def test_ray_executor_gives_the_local_metrics(project):
-    """train.executor: ray on a local Ray started by each train stage, with a checkpoint store of its
+    """placement.executor: ray on a local Ray started by each train stage, with a checkpoint store of its
     own so every grid point trains again: the same metrics as the local run above, bit for bit (the
     jobs run with the local run's torch thread count, so the reductions run in the same order).
     The executor only says where the work runs, so switching it leaves every stage up to date; the
@@ -220,7 +220,7 @@ def test_ray_executor_gives_the_local_metrics(project):
 
     work, env, _ = project
     local = json.loads((work / "metrics/summary.json").read_text())
-    edit_params(work, lambda p: p["train"].update(executor="ray"))
+    edit_params(work, lambda p: p["placement"].update(executor="ray"))
     ray_env = {**env, "XREFLECT_CACHE_DIR": str(work.parent / "cache_ray"), "RAY_USAGE_STATS_ENABLED": "0",
                "XREFLECT_RAY_JOB_CPUS": str(torch.get_num_threads())}
     trains = sorted(name for name in declared_stages(work) if name.startswith("train@"))
@@ -230,7 +230,7 @@ def test_ray_executor_gives_the_local_metrics(project):
         log += run("dvc", "repro", cwd=work, env=ray_env)  # evaluate, if any train out changed
         with_ray = json.loads((work / "metrics/summary.json").read_text())
     finally:
-        edit_params(work, lambda p: p["train"].update(executor="local"))
+        edit_params(work, lambda p: p["placement"].update(executor="local"))
     run("dvc", "repro", "-q", cwd=work, env=env)  # back to the local run's outs (DVC's run-cache)
     assert stale_stages(work, env) == set()
     assert "train: executor ray, cluster at " in log and "grid job(s) submitted to Ray" in log

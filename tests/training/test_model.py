@@ -96,7 +96,7 @@ def test_blocked_pair_dots_are_the_unblocked_bit_for_bit(monkeypatch):
 
 
 def test_pair_dots_are_blocked_on_one_cpu_thread_with_a_large_product():
-    """Blocked only where it measured faster: one CPU thread (a train.workers process), a product
+    """Blocked only where it measured faster: one CPU thread (a placement.workers process), a product
     of at least BLOCKED_MIN elements; a GPU and several threads keep one launch per operation."""
     def blocked(groups: int, threads: int) -> bool:
         torch.set_num_threads(threads)

@@ -46,7 +46,7 @@ def test_auto_on_a_gpu_keeps_fp32_and_bf16_is_obeyed_where_supported(monkeypatch
 def test_bad_precision_and_executor_name_the_key():
     with pytest.raises(ValueError, match="train.precision is 'fp16'; use one of auto, fp32, bf16"):
         TrainConfig.from_params({"precision": "fp16"})
-    with pytest.raises(ValueError, match="train.executor is 'slurm'; use one of local, ray"):
+    with pytest.raises(ValueError, match="placement.executor is 'slurm'; use one of local, ray"):
         TrainConfig.from_params({"executor": "slurm"})
 
 

@@ -1,4 +1,4 @@
-"""train.executor: ray gives what local gives, survives a dying worker, and keeps finished jobs.
+"""placement.executor: ray gives what local gives, survives a dying worker, and keeps finished jobs.
 
 A local Ray with 2 CPUs; the grid jobs run single-threaded both ways, so the results are
 bit-identical (same thread count, same reduction order)."""
@@ -162,7 +162,7 @@ def test_train_stage_writes_the_same_outs_with_ray(local_ray, tmp_path, monkeypa
     outs = {}
     for executor in ("local", "ray"):
         params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-        params["train"]["executor"] = executor
+        params.setdefault("placement", {})["executor"] = executor
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         monkeypatch.setenv("XREFLECT_CACHE_DIR", str(tmp_path / f"cache_{executor}"))
         stage.main(["--strategy", "text_image"])

@@ -1,4 +1,4 @@
-"""train.stack_splits: every split's grid in one stack gives each split the result it gets alone,
+"""placement.stack_splits: every split's grid in one stack gives each split the result it gets alone,
 up to float reduction order, in fp32 and bf16, with early stopping, resume and the executor."""
 from __future__ import annotations
 
@@ -95,5 +95,5 @@ def test_the_local_executor_stacks_the_splits_when_asked(tmp_path):
 
 def test_stack_splits_must_be_a_boolean():
     assert TrainConfig.from_params({"stack_splits": True}).stack_splits
-    with pytest.raises(ValueError, match="train.stack_splits must be true or false, got 'yes'"):
+    with pytest.raises(ValueError, match="placement.stack_splits must be true or false, got 'yes'"):
         TrainConfig.from_params({"stack_splits": "yes"})

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 import xreflect.training.grid as train_mod
-from xreflect.core.config import train_section
+from xreflect.core.config import section_with_overrides
 from xreflect.paper.strategies import strategy_sources
 from xreflect.data.split import Split, candidates, make_split
 from xreflect.evaluation.metrics import topk_metrics, torch_topk_metrics
@@ -96,7 +96,7 @@ def test_a_users_change_wins_over_the_dataset_override():
 def test_dataset_override_of_an_unknown_key_is_named():
     params = {"dataset": "demo", "train": {"lr": [0.001], "dataset_overrides": {"demo": {"lr_typo": 1}}}}
     with pytest.raises(ValueError, match="train.dataset_overrides.demo.lr_typo is not a key of 'train'"):
-        train_section(params, paper_defaults())
+        section_with_overrides(params, "train", paper_defaults())
 
 
 @pytest.mark.parametrize("section, message", [

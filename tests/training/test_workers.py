@@ -1,4 +1,4 @@
-"""train.workers: the local executor trains a strategy's grid jobs side by side in several
+"""placement.workers: the local executor trains a strategy's grid jobs side by side in several
 processes and gives each job the result it gets alone at the same thread count, bit for bit,
 saving every job's points in its checkpoint store; a job that fails in a worker fails the run."""
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_workers_of_several_threads_are_spawned_and_equal_the_serial_run_at_that
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
-    assert any("on 2 processes side by side (train.workers), 2 torch thread(s) each" in line for line in lines)
+    assert any("on 2 processes side by side (placement.workers), 2 torch thread(s) each" in line for line in lines)
     assert_same_results(serial, side)
 
 
@@ -122,7 +122,7 @@ def test_workers_is_a_placement_key_and_a_positive_integer():
     assert "workers" in PLACEMENT_KEYS  # it never changes results: not in dvc.yaml's train params
     assert TrainConfig.from_params({"workers": 3}).workers == 3
     for bad in (0, -1, 1.5, "2"):
-        with pytest.raises(ValueError, match="train.workers must be a positive integer"):
+        with pytest.raises(ValueError, match="placement.workers must be a positive integer"):
             TrainConfig.from_params({"workers": bad})
 
 

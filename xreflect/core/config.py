@@ -56,23 +56,24 @@ def run_strategies(params: dict) -> list[str]:
     return list(run)
 
 
-def train_section(params: dict, paper_defaults: dict) -> tuple[dict, dict]:
-    """The `train` section with `train.dataset_overrides.<dataset>` applied, and the overrides used.
+def section_with_overrides(params: dict, name: str, defaults: dict) -> tuple[dict, dict]:
+    """Section `name` (`train` or `placement`) with `<name>.dataset_overrides.<dataset>` applied,
+    and the overrides used.
 
     The paper's protocol is the `train` section itself; a dataset may change some of it (the demo,
     whose ~400 items and ~6,000 training interactions make a 3-layer tower over 100 epochs cost
-    far more than the data can use). An override applies to a key only while `train.<key>` still
-    holds the paper's value (`paper_defaults`): once a user changes the key, e.g. with
-    `dvc exp run -S train.max_epochs=50`, the user's value wins."""
-    section = dict(params.get("train") or {})
+    far more than the data can use), and where its work runs (`placement`). An override applies to
+    a key only while `<name>.<key>` still holds its default (`defaults`): once a user changes the
+    key, e.g. with `dvc exp run -S train.max_epochs=50`, the user's value wins."""
+    section = dict(params.get(name) or {})
     overrides = section.pop("dataset_overrides", None) or {}
     dataset = params.get("dataset")
     chosen = dict(overrides.get(dataset) or {})
     unknown = sorted(set(chosen) - set(section))
     if unknown:
-        raise ParamsError(f"params.yaml: train.dataset_overrides.{dataset}.{unknown[0]} is not "
-                          f"a key of 'train'; allowed keys: {sorted(section)}")
-    applied = {key: value for key, value in chosen.items() if _same(section[key], paper_defaults.get(key))}
+        raise ParamsError(f"params.yaml: {name}.dataset_overrides.{dataset}.{unknown[0]} is not "
+                          f"a key of '{name}'; allowed keys: {sorted(section)}")
+    applied = {key: value for key, value in chosen.items() if _same(section[key], defaults.get(key))}
     return {**section, **applied}, applied
 
 

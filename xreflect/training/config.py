@@ -1,4 +1,5 @@
-"""The params.yaml `train` section as a validated config, and the lr x dropout grid it spans."""
+"""The params.yaml `train` and `placement` sections as a validated config, and the lr x dropout
+grid it spans."""
 from __future__ import annotations
 
 import math
@@ -10,17 +11,17 @@ from xreflect.core.config import ParamsError
 METRIC_NAMES = ("precision", "recall", "ndcg")
 PRECISIONS = ("auto", "fp32", "bf16")  # what each means: xreflect/training/precision.py
 EXECUTORS = ("local", "ray")           # xreflect/training/executor.py
-# Keys of the params.yaml `train` section that only change where or how the work runs, never what
-# it computes (up to float reduction order): they are left out of a grid point's checkpoint key
-# (point_params) and out of the train stage's `params:` in dvc.yaml, so that switching them neither
-# reruns the stage nor misses DVC's run-cache. Every other key changes results and dvc.yaml lists
-# it; tests/training/test_train_params.py fails when a key of the section is in neither list.
+# The keys of the params.yaml `placement` section: they only change where or how a train stage's
+# work runs, never what it computes (up to float reduction order). They live outside `train` so that
+# the train stage can depend on `train` as a whole in dvc.yaml (every key there changes results) and
+# on no placement key, so that switching one neither reruns the stage nor misses DVC's run-cache;
+# they are also left out of a grid point's checkpoint key (point_params).
 PLACEMENT_KEYS = ("executor", "stack_splits", "workers")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The params.yaml `train` section."""
+    """The params.yaml `train` section, and `placement` (PLACEMENT_KEYS) beside it."""
     dim: int = 128
     item_hidden: tuple[int, ...] = (512, 256)
     lr: tuple[float, ...] = (0.0001, 0.0005, 0.001)
@@ -34,19 +35,21 @@ class TrainConfig:
     select_metric: str = "recall@10"
     seed: int = 0
     precision: str = "auto"     # the towers' matmul dtype: auto | fp32 | bf16 (training/precision.py)
-    executor: str = "local"     # where the grid jobs run: local | ray (training/executor.py)
     normalize_sources: bool = False  # L2-normalise each embedding source's rows before concatenating
+    # placement
+    executor: str = "local"     # where the grid jobs run: local | ray (training/executor.py)
     stack_splits: bool = False  # local executor: train every split's grid in one stack (grid.train_grids_stacked)
     workers: int = 1            # local executor: grid jobs trained side by side in this many processes
 
     @classmethod
     def from_params(cls, section: dict | None) -> "TrainConfig":
+        """From the keys of `train` and `placement` in one mapping (train_config splits them)."""
         section = dict(section or {})
         allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(section) - set(allowed))
         if unknown:
             raise ParamsError(f"params.yaml: train.{unknown[0]} is not a training parameter; "
-                             f"allowed keys: {', '.join(allowed)}")
+                             f"allowed keys: {', '.join(name for name in allowed if name not in PLACEMENT_KEYS)}")
         values = {}
         for name, value in section.items():
             if name == "lr":
@@ -61,7 +64,7 @@ class TrainConfig:
             elif name in ("precision", "executor"):
                 allowed_values = PRECISIONS if name == "precision" else EXECUTORS
                 if value not in allowed_values:
-                    raise ParamsError(f"params.yaml: train.{name} is {value!r}; use one of {', '.join(allowed_values)}")
+                    raise ParamsError(f"params.yaml: {_key(name)} is {value!r}; use one of {', '.join(allowed_values)}")
                 values[name] = value
             elif name == "select_metric":
                 values[name] = _metric_name(value)
@@ -71,7 +74,7 @@ class TrainConfig:
                 values[name] = value
             elif name == "stack_splits":
                 if not isinstance(value, bool):
-                    raise ParamsError(f"params.yaml: train.stack_splits must be true or false, got {value!r}")
+                    raise ParamsError(f"params.yaml: placement.stack_splits must be true or false, got {value!r}")
                 values[name] = value
             elif name == "weight_decay":
                 if not _is_number(value) or value < 0:
@@ -79,7 +82,7 @@ class TrainConfig:
                 values[name] = float(value)
             else:
                 if not _is_int(value) or value < (0 if name == "seed" else 1):
-                    raise ParamsError(f"params.yaml: train.{name} must be a positive integer, got {value!r}")
+                    raise ParamsError(f"params.yaml: {_key(name)} must be a positive integer, got {value!r}")
                 values[name] = int(value)
         return cls(**values)
 
@@ -98,6 +101,10 @@ class TrainConfig:
     def select(self) -> tuple[str, int]:
         name, k = self.select_metric.split("@")
         return name, int(k)
+
+
+def _key(name: str) -> str:
+    return f"{'placement' if name in PLACEMENT_KEYS else 'train'}.{name}"
 
 
 def _is_number(value: object) -> bool:
@@ -138,13 +145,30 @@ class GridPoint:
 
 
 def paper_defaults() -> dict:
-    """The paper's protocol: TrainConfig's defaults."""
+    """The paper's protocol: TrainConfig's defaults (with the default placement)."""
     return {f.name: f.default for f in fields(TrainConfig)}
 
 
 def train_config(params: dict) -> tuple[TrainConfig, dict]:
-    """The validated training config for the chosen dataset, and the dataset overrides it applied."""
-    from xreflect.core.config import train_section
+    """The validated training config for the chosen dataset (`train` and `placement`, each with its
+    dataset overrides), and the dataset overrides it applied."""
+    from xreflect.core.config import section_with_overrides
 
-    section, applied = train_section(params, paper_defaults())
-    return TrainConfig.from_params(section), applied
+    train = params.get("train") or {}
+    misplaced = [key for key in PLACEMENT_KEYS
+                 if key in train or any(key in (o or {}) for o in (train.get("dataset_overrides") or {}).values())]
+    if misplaced:
+        key = misplaced[0]
+        raise ParamsError(f"params.yaml: train.{key} is now placement.{key}: it says where the work runs, not "
+                          f"what it computes, so the train stages do not depend on it; move it under "
+                          f"`placement:` (e.g. dvc exp run -S placement.{key}=...)")
+    placement = params.get("placement") or {}
+    unknown = sorted(set(placement) - set(PLACEMENT_KEYS) - {"dataset_overrides"})
+    if unknown:
+        raise ParamsError(f"params.yaml: placement.{unknown[0]} is not a placement key (those say where the "
+                          f"work runs: {', '.join(PLACEMENT_KEYS)}); keys that change results go under `train:`")
+    defaults = paper_defaults()
+    train_values, applied = section_with_overrides(params, "train", defaults)
+    placement = {key: defaults[key] for key in PLACEMENT_KEYS} | dict(placement)  # a key left out: its default
+    placement_values, placed = section_with_overrides({**params, "placement": placement}, "placement", defaults)
+    return TrainConfig.from_params({**train_values, **placement_values}), {**applied, **placed}

@@ -1,10 +1,10 @@
-"""Where a train stage's grid jobs run: `train.executor: local | ray`.
+"""Where a train stage's grid jobs run: `placement.executor: local | ray`.
 
 A grid job is one split of one strategy: the whole lr x dropout grid as train_grid trains it
 (early stopping, selection on validation, one test scoring). `local` runs the jobs here one after
-another, or with `train.stack_splits: true` all in one stack (splits x grid points models per
+another, or with `placement.stack_splits: true` all in one stack (splits x grid points models per
 launch, for a launch-bound GPU: xreflect/training/grid.py train_grids_stacked; the same results up
-to float reduction order), or with `train.workers: N` (CPU) N jobs side by side, this process and
+to float reduction order), or with `placement.workers: N` (CPU) N jobs side by side, this process and
 N - 1 worker processes, the cores shared out between them (xreflect/training/side_by_side.py).
 `ray` sends them to a Ray cluster at once (xreflect/training/ray_jobs.py;
 one job per split there, stack_splits does not apply), so the five splits of a strategy, and the jobs of every strategy whose stage runs at the same time, train in
@@ -34,7 +34,7 @@ def run_grid_jobs(jobs: list[GridJob], features: np.ndarray, executor: str = "lo
         yield from run_on_ray(jobs, features, log)
         return
     if executor != "local":
-        raise ParamsError(f"params.yaml: train.executor is {executor!r}; use one of local, ray")
+        raise ParamsError(f"params.yaml: placement.executor is {executor!r}; use one of local, ray")
     if len(jobs) > 1 and all(job.config.stack_splits for job in jobs):  # one stack for every split
         results = train_grids_stacked([Split.load(job.split_path) for job in jobs], features, jobs[0].config,
                                       [job.store for job in jobs], log=log, labels=[job.label for job in jobs],

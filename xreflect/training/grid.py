@@ -104,7 +104,7 @@ def train_split_points(splits: list[Split], features: torch.Tensor, config: Trai
                        on_done: Callable[[int, GridPoint, PointResult, State], None], log: Log = log_stderr,
                        label: str = "", split_labels: list[str] | None = None) -> None:
     """Train the (split number, grid point) `rows` together, of one split or of several stacked
-    (train.stack_splits; their epochs must have as many samples); call `on_done(split number,
+    (placement.stack_splits; their epochs must have as many samples); call `on_done(split number,
     point, result, state)` for each as soon as it stops. Each row's random streams, batches and
     validation are those of its own split, as when its split trains alone."""
     device = features.device
@@ -199,7 +199,7 @@ def train_grids_stacked(splits: list[Split], features: np.ndarray, config: Train
                         stores: list[PointStore | None] | None = None, device: torch.device | None = None,
                         log: Log = log_stderr, labels: list[str] | None = None,
                         full_k: int | None = None) -> list[StrategyResult]:
-    """train_grid for several splits at once (train.stack_splits): the grid points of every split
+    """train_grid for several splits at once (placement.stack_splits): the grid points of every split
     that its store does not hold train in one stack (splits x points models per launch; splits
     whose epochs differ in size in stacks of their own), each on its own split's batches, random
     streams and validation, so each split's result is the one train_grid gives it, up to float

@@ -13,7 +13,7 @@ input features instead and the dropout grid still means something.
   grid axis, the towers run as batched matmuls, and the item tower runs once per distinct item of a
   batch. `StackedAdamW` is AdamW over those stacked tensors with one learning rate per grid point
   (same arithmetic as torch.optim.AdamW, which takes a single lr per parameter group). Its rows
-  may also be several splits' grid points (train.stack_splits), each row on its own split's batch.
+  may also be several splits' grid points (placement.stack_splits), each row on its own split's batch.
 
 `StackedTwoTower` can run the item tower's training matmuls in bf16 (train.precision, see
 xreflect/training/precision.py); its parameters and everything else stay fp32.
@@ -122,7 +122,7 @@ class StackedTwoTower:
                  dtype: torch.dtype = torch.float32, row_split: list[int] | None = None):
         device = features.device
         self.features = features
-        # Several splits stacked (train.stack_splits): row g trains on split row_split[g]'s batches,
+        # Several splits stacked (placement.stack_splits): row g trains on split row_split[g]'s batches,
         # and logits() takes one batch per split ([S, B]); None: every row shares one batch ([B]).
         self.row_split = None if row_split is None else torch.tensor(row_split, device=device)
         self.row_split_list = None if row_split is None else list(row_split)  # read per batch: no device sync
@@ -366,7 +366,7 @@ def pair_dots(users_table: Tensor, items_table: Tensor, users: Tensor, items: Te
     """Each sample's score [G, B]: the dot product of row users[b] of users_table [G, N, dim] and
     row items[b] of items_table [G, M, dim], for every grid point g; the same bits blocked
     (_BlockedPairDots) or not. `blocked` None: where it pays, on a CPU thread of its own (a process
-    of train.workers on as many cores) with a product too large for its cache (see BLOCKED_MIN)."""
+    of placement.workers on as many cores) with a product too large for its cache (see BLOCKED_MIN)."""
     if blocked is None:
         blocked = (users_table.device.type == "cpu" and torch.get_num_threads() == 1
                    and users_table.shape[0] * len(users) * users_table.shape[2] >= BLOCKED_MIN)

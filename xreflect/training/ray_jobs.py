@@ -1,4 +1,4 @@
-"""`train.executor: ray`: a train stage's grid jobs on a Ray cluster.
+"""`placement.executor: ray`: a train stage's grid jobs on a Ray cluster.
 
 The cluster is the one RAY_ADDRESS names (e.g. `ray://head:10001`), else the one `ray start`
 started or joined on this machine, else a local Ray started for the run and stopped after it
@@ -73,8 +73,8 @@ def ray_module():
     try:
         import ray  # noqa: PLC0415
     except ImportError as err:
-        raise ParamsError("params.yaml: train.executor is 'ray' but the ray package is not installed; "
-                           "pip install -e '.[ray]' (or -r requirements-ray.txt), or set train.executor: local") from err
+        raise ParamsError("params.yaml: placement.executor is 'ray' but the ray package is not installed; "
+                           "pip install -e '.[ray]' (or -r requirements-ray.txt), or set placement.executor: local") from err
     return ray
 
 

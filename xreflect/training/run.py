@@ -4,7 +4,7 @@ For each split, the lr x dropout grid is trained with early stopping and selecte
 (xreflect.training.grid); the selected model's test scores, validation scores and full-ranking top
 items are written to models/<strategy>/split_<k>.npz, the grid's curves to
 plots/training/<strategy>.csv. An empty source list is Item Popularity, which trains nothing.
-train.executor: local trains the splits here, one after another or `train.workers` at a time; ray
+placement.executor: local trains the splits here, one after another or `placement.workers` at a time; ray
 sends them to a Ray cluster as one grid job each (xreflect.training.ray_jobs). The outs are the
 same either way.
 """
@@ -41,7 +41,7 @@ def train_strategy(params: Mapping, strategy: str) -> None:
     full_k = max(int(k) for k in (params.get("evaluate") or {}).get("ks", [1, 10]))
     if overrides:
         log_stderr(f"train: dataset {params.get('dataset')!r} overrides {overrides} "
-                   "(train.dataset_overrides in params.yaml; a key you change under train wins)")
+                   "(train.dataset_overrides and placement.dataset_overrides in params.yaml; a key you change wins)")
     embedding_paths = [embedding_path(strategy, source) for source in sources]
     features = load_features(embedding_paths, config.normalize_sources) if sources else None
     out_dir = MODELS_DIR / strategy
@@ -56,7 +56,7 @@ def train_strategy(params: Mapping, strategy: str) -> None:
             for k, split_path in enumerate(splits)]
     if features is None:
         finished = ((job, popularity(Split.load(job.split_path), full_k=full_k)) for job in jobs)
-    else:  # train.executor: the jobs here (train.workers at a time), or all at once on Ray
+    else:  # placement.executor: the jobs here (placement.workers at a time), or all at once on Ray
         finished = run_grid_jobs(jobs, features, config.executor)
     for n_done, (job, result) in enumerate(finished, 1):
         write_npz(out_dir / f"split_{job.index}.npz", test_scores=result.test_scores, valid_scores=result.valid_scores,

@@ -1,4 +1,4 @@
-"""`train.workers: N`: a train stage's grid jobs on N local processes at once (CPU).
+"""`placement.workers: N`: a train stage's grid jobs on N local processes at once (CPU).
 
 This process and N - 1 worker processes share the cores (cores // N torch threads each) and one
 counter of the next job to start: each takes the next job whenever it is free, so nobody waits
@@ -43,7 +43,7 @@ def side_by_side(jobs: list[GridJob], features: np.ndarray, workers: int,
                  log: Callable[[str], None] = log_stderr) -> Iterator[tuple[GridJob, StrategyResult]]:
     """Each job with its result, as the jobs finish, trained by `workers` processes at once."""
     threads = max(1, torch.get_num_threads() // workers)
-    log(f"train: {len(jobs)} grid jobs on {workers} processes side by side (train.workers), "
+    log(f"train: {len(jobs)} grid jobs on {workers} processes side by side (placement.workers), "
         f"{threads} torch thread(s) each")
     context = multiprocessing.get_context(start_method(threads))
     next_job = context.Value("i", 0)  # with its lock: the index in `jobs` of the next job to start
