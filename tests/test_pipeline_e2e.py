@@ -33,6 +33,7 @@ TINY = {
     "train.max_epochs": 10,
     "train.batch_size": 512,
     "train.dataset_overrides": {},
+    "placement.dataset_overrides": {},  # one process per stage, as the ray comparison assumes
 }
 
 
@@ -202,7 +203,7 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_dependents(projec
     # a metric moves depends on where early stopping ended on this CPU, so no value is asserted.
     assert {f"train@{s}" for s in run_list} <= ran_stages(log)
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert all(lock[f"train@{s}"]["params"]["params.yaml"]["train.max_epochs"] == 5 for s in run_list)
+    assert all(lock[f"train@{s}"]["params"]["params.yaml"]["train"]["max_epochs"] == 5 for s in run_list)
     assert stale_stages(work, env) == set()
     diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=work, env=env).strip().splitlines()[-1])
     assert set(diff) <= {"metrics/summary.json", "metrics/similarity.json", "metrics/word_counts.json"}
