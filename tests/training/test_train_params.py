@@ -85,3 +85,5 @@ def test_a_result_key_under_placement_is_refused():
         train_config({**PARAMS, "placement": {**PARAMS["placement"], "lr": [0.1]}})
     with pytest.raises(ValueError, match=r"placement\.dataset_overrides\.demo\.lr is not a key of 'placement'"):
         train_config({**PARAMS, "dataset": "demo", "placement": {"dataset_overrides": {"demo": {"lr": [0.1]}}}})
+    with pytest.raises(ValueError, match=r"placement must be a mapping of executor"):
+        train_config({**PARAMS, "placement": "ray"})

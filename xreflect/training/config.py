@@ -154,21 +154,32 @@ def train_config(params: dict) -> tuple[TrainConfig, dict]:
     dataset overrides), and the dataset overrides it applied."""
     from xreflect.core.config import section_with_overrides
 
+    placement = _placement_section(params)
+    defaults = paper_defaults()
+    train_values, applied = section_with_overrides(params, "train", defaults)
+    placement = {key: defaults[key] for key in PLACEMENT_KEYS} | placement  # a key left out: its default
+    placement_values, placed = section_with_overrides({**params, "placement": placement}, "placement", defaults)
+    return TrainConfig.from_params({**train_values, **placement_values}), {**applied, **placed}
+
+
+def _placement_section(params: dict) -> dict:
+    """params.yaml's `placement`, after refusing a placement key under `train` (where it used to
+    live) and a result key under `placement`."""
     train = params.get("train") or {}
-    misplaced = [key for key in PLACEMENT_KEYS
-                 if key in train or any(key in (o or {}) for o in (train.get("dataset_overrides") or {}).values())]
+    in_train = set(train)
+    for overrides in (train.get("dataset_overrides") or {}).values():
+        in_train |= set(overrides or {})
+    misplaced = [key for key in PLACEMENT_KEYS if key in in_train]
     if misplaced:
         key = misplaced[0]
         raise ParamsError(f"params.yaml: train.{key} is now placement.{key}: it says where the work runs, not "
                           f"what it computes, so the train stages do not depend on it; move it under "
                           f"`placement:` (e.g. dvc exp run -S placement.{key}=...)")
     placement = params.get("placement") or {}
+    if not isinstance(placement, dict):
+        raise ParamsError(f"params.yaml: placement must be a mapping of {', '.join(PLACEMENT_KEYS)}, got {placement!r}")
     unknown = sorted(set(placement) - set(PLACEMENT_KEYS) - {"dataset_overrides"})
     if unknown:
         raise ParamsError(f"params.yaml: placement.{unknown[0]} is not a placement key (those say where the "
                           f"work runs: {', '.join(PLACEMENT_KEYS)}); keys that change results go under `train:`")
-    defaults = paper_defaults()
-    train_values, applied = section_with_overrides(params, "train", defaults)
-    placement = {key: defaults[key] for key in PLACEMENT_KEYS} | dict(placement)  # a key left out: its default
-    placement_values, placed = section_with_overrides({**params, "placement": placement}, "placement", defaults)
-    return TrainConfig.from_params({**train_values, **placement_values}), {**applied, **placed}
+    return dict(placement)
