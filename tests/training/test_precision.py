@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import xreflect.training.precision as precision_mod
+from tests.training.test_random_bits import splitmix64
 from xreflect.training.model import StackedAdamW, StackedTwoTower, _ReluDrop, init_state, pad_rows, stacked_loss
 from xreflect.training.config import TrainConfig
 from xreflect.training.precision import resolve_precision
@@ -96,12 +97,14 @@ def test_bf16_dropout_keeps_each_points_rate():
     assert torch.equal(alone._keep_masks((2000, 50))[0], keep[1])
 
 
-def test_bf16_dropout_bits_on_the_cpu_are_the_points_sfc64_stream():
+def test_bf16_dropout_bits_on_the_cpu_are_the_points_splitmix64_stream():
     model = StackedTwoTower([init_state(1, 4, [], 2, seed=0)] * 2, torch.ones(10, 4), dropout=[0.3, 0.5],
                             seeds=[11, 12], dtype=torch.bfloat16)
-    keep = model._keep_masks((64, 8))
-    bits = torch.from_numpy(np.random.SFC64(12).random_raw(64 * 8 // 4).view(np.int64)).view(torch.int16).view(64, 8)
-    assert torch.equal(keep[1], torch.where(bits <= model.keep_below[1], -1, 0).to(torch.int16))
+    for draw in range(2):  # the second draw continues the stream
+        keep = model._keep_masks((64, 10))  # 640 units: 160 words
+        words = np.array(splitmix64(12, 160 * (draw + 1))[160 * draw:], dtype=np.uint64)
+        bits = torch.from_numpy(words.view(np.int16).copy()).view(64, 10)
+        assert torch.equal(keep[1], torch.where(bits <= model.keep_below[1], -1, 0).to(torch.int16))
 
 
 def test_bf16_relu_dropout_passes_the_gradient_where_the_unit_survives():

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from xreflect.training.random_bits import SplitMix64Streams
+
 State = dict[str, np.ndarray]  # one model's parameters: "user", "w0", "b0", "w1", "b1", ...
 
 
@@ -147,10 +149,10 @@ class StackedTwoTower:
             gen = torch.Generator(device=device)
             gen.manual_seed(seed)
             self.generators.append(gen)
-        # The low-precision path's dropout bits on the CPU: numpy's SFC64 stream of the same seed,
-        # which yields 64 random bits twice as fast as torch's CPU generator (mt19937); on a GPU,
-        # torch's own generators (Philox, on the device).
-        self.bit_streams = ([np.random.SFC64(seed) for seed in seeds] if device.type == "cpu" else None)
+        # The low-precision path's dropout bits on the CPU: each point's SplitMix64 stream, computed
+        # by torch ops into the mask itself (xreflect/training/random_bits.py); on a GPU, torch's own
+        # generators (Philox, one launch per row).
+        self.bit_streams = SplitMix64Streams(seeds) if device.type == "cpu" else None
         self.blocked_pair_dots: bool | None = None  # None: where it pays (pair_dots); the same bits either way
 
     def _keep_rates(self) -> None:
@@ -209,9 +211,11 @@ class StackedTwoTower:
         """Which units each grid point keeps, from its own random stream: int16 [G, *shape], all bits
         set (-1) where kept and 0 where dropped, to AND into a bf16 tensor's bits. 16 random bits
         per unit, drawn 64 at a time (int64 random_ is ~4x cheaper per unit than the fp32 uniform_
-        of _dropout, numpy's SFC64 on the CPU ~2x cheaper again, and every step is an int16 op that
-        torch vectorises, where bool masks and masked_fill_ are not): a unit is kept when its 16 bits, read as int16, are <= keep_below,
-        with probability keep_units / 65536 (the keep rate rounded to 1/65536, see _keep_rates)."""
+        of _dropout, and every step is an int16 op that torch vectorises, where bool masks and
+        masked_fill_ are not): a unit is kept when its 16 bits, read as int16, are <= keep_below,
+        with probability keep_units / 65536 (the keep rate rounded to 1/65536, see _keep_rates).
+        On the CPU the bits are each point's SplitMix64 stream (random_bits.py), turned into the
+        mask row by row while the row is still in the cache."""
         n = math.prod(shape)
         words = (torch.empty if used is None else torch.zeros)((self.size, -(-n // 4)), dtype=torch.int64,
                                                                 device=self.features.device)
@@ -220,10 +224,10 @@ class StackedTwoTower:
             if self.bit_streams is None:
                 row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
             else:
-                row_words.copy_(torch.from_numpy(self.bit_streams[row].random_raw(len(row_words)).view(np.int64)))
+                self.bit_streams.fill(row, row_words)
+                _bits_to_keep(words[row].view(torch.int16), self.keep_below[row])
         bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
-        # dropped -> 1 -> 0, kept -> 0 -> -1 (sub_; an int16 neg_ measured far slower on the CPU)
-        return torch.gt(bits, self.keep_below.view(-1, *[1] * len(shape)), out=bits).sub_(1)
+        return bits if self.bit_streams is not None else _bits_to_keep(bits, self.keep_below.view(-1, *[1] * len(shape)))
 
     def _low_precision_vectors(self, items: Tensor, used: list[int] | None = None) -> Tensor:
         """item_vectors(items, training=True) in a low-precision dtype (bf16), with fewer passes over
@@ -333,7 +337,7 @@ class StackedTwoTower:
             self.row_split_list = [self.row_split_list[r] for r in rows]
         self.generators = [self.generators[r] for r in rows]
         if self.bit_streams is not None:
-            self.bit_streams = [self.bit_streams[r] for r in rows]
+            self.bit_streams.keep(rows)
 
 
 def distinct_items(items: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
@@ -426,6 +430,12 @@ def _flat_rows(table: Tensor, index: Tensor) -> Tensor:
 def batches(n: int, size: int) -> list[slice]:
     """Consecutive slices of `size` covering range(n) (an epoch's batches, a batch's blocks)."""
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _bits_to_keep(bits: Tensor, keep_below: Tensor) -> Tensor:
+    """Random int16 bits -> the keep mask, in place: dropped (> keep_below) -> 1 -> 0, kept -> 0 -> -1
+    (sub_; an int16 neg_ measured far slower on the CPU)."""
+    return torch.gt(bits, keep_below, out=bits).sub_(1)
 
 
 class _ScaledCast(torch.autograd.Function):
