@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -214,20 +215,36 @@ class StackedTwoTower:
         of _dropout, and every step is an int16 op that torch vectorises, where bool masks and
         masked_fill_ are not): a unit is kept when its 16 bits, read as int16, are <= keep_below,
         with probability keep_units / 65536 (the keep rate rounded to 1/65536, see _keep_rates).
-        On the CPU the bits are each point's SplitMix64 stream (random_bits.py), turned into the
-        mask row by row while the row is still in the cache."""
+        With `used` (stacked splits), row g draws bits for its first used[g] items only."""
+        rows = self._keep_rows(shape, used)
+        return rows if isinstance(rows, Tensor) else torch.stack([keep.clone() for keep in rows])
+
+    def _keep_rows(self, shape: tuple[int, ...], used: list[int] | None = None) -> Tensor | Iterator[Tensor]:
+        """_keep_masks row by row: on the CPU each row's mask is made when it is asked for, from the
+        point's SplitMix64 stream (random_bits.py), in one buffer that the next row overwrites, so
+        a row's bits, its mask and the activations it is applied to stay in the cache (_ReluDrop);
+        on a GPU, all rows at once (one launch per operation), as a [G, *shape] tensor."""
         n = math.prod(shape)
-        words = (torch.empty if used is None else torch.zeros)((self.size, -(-n // 4)), dtype=torch.int64,
-                                                                device=self.features.device)
-        for row, gen in enumerate(self.generators):  # with `used`: only the row's own split's items
-            row_words = words[row] if used is None else words[row, :-(-used[row] * (n // shape[0]) // 4)]
-            if self.bit_streams is None:
+        n_words = -(-n // 4)
+        width = n // shape[0]
+        if self.bit_streams is None:
+            words = (torch.empty if used is None else torch.zeros)((self.size, n_words), dtype=torch.int64,
+                                                                    device=self.features.device)
+            for row, gen in enumerate(self.generators):
+                row_words = words[row] if used is None else words[row, :-(-used[row] * width // 4)]
                 row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
-            else:
-                self.bit_streams.fill(row, row_words)
-                _bits_to_keep(words[row].view(torch.int16), self.keep_below[row])
-        bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
-        return bits if self.bit_streams is not None else _bits_to_keep(bits, self.keep_below.view(-1, *[1] * len(shape)))
+            bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
+            return _bits_to_keep(bits, self.keep_below.view(-1, *[1] * len(shape)))
+        return self._cpu_keep_rows(shape, n_words, width, used)
+
+    def _cpu_keep_rows(self, shape: tuple[int, ...], n_words: int, width: int,
+                       used: list[int] | None) -> Iterator[Tensor]:
+        words = torch.empty(n_words, dtype=torch.int64)
+        for row in range(self.size):
+            drawn = n_words if used is None else -(-used[row] * width // 4)
+            self.bit_streams.fill(row, words[:drawn])
+            words[drawn:].zero_()  # padding items (stacked splits): never read
+            yield _bits_to_keep(words.view(torch.int16), self.keep_below[row])[:math.prod(shape)].view(shape)
 
     def _low_precision_vectors(self, items: Tensor, used: list[int] | None = None) -> Tensor:
         """item_vectors(items, training=True) in a low-precision dtype (bf16), with fewer passes over
@@ -249,7 +266,7 @@ class StackedTwoTower:
             h = torch.bitwise_and(h.view(torch.int16), keep).view(dtype)
         for layer in range(self.layers):
             if layer > 0:
-                h = _ReluDrop.apply(h, self._keep_masks(tuple(h.shape[1:]), used))
+                h = _ReluDrop.apply(h, self._keep_rows(tuple(h.shape[1:]), used))
             w = self.params[f"w{layer}"]
             if layer > 0 or self.layers == 1:  # the units this layer reads went through dropout
                 w = _ScaledCast.apply(w, self.keep_scale.view(-1, 1, 1), dtype)
@@ -460,9 +477,14 @@ class _ReluDrop(torch.autograd.Function):
     scale of inverted dropout is applied by the caller, to the next layer's weights."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, keep: Tensor) -> Tensor:  # noqa: D102
-        out = torch.relu(h)
-        out.view(torch.int16).bitwise_and_(keep)
+    def forward(ctx, h: Tensor, keep: Tensor | Iterable[Tensor]) -> Tensor:  # noqa: D102
+        if isinstance(keep, Tensor):  # all rows at once (a GPU: one launch per operation)
+            out = torch.relu(h)
+            out.view(torch.int16).bitwise_and_(keep)
+        else:  # row by row, each row's mask made as it is needed: activations and mask meet in the cache
+            out = torch.empty_like(h)
+            for row, row_keep in enumerate(keep):
+                torch.clamp_min(h[row], 0, out=out[row]).view(torch.int16).bitwise_and_(row_keep)  # = relu
         ctx.save_for_backward(out)
         return out
 
