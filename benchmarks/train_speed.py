@@ -5,6 +5,7 @@
     python -m benchmarks.train_speed --scale ml1m --quick    # time 12 batches each and extrapolate
     python -m benchmarks.train_speed --precisions fp32 bf16  # both dtypes (default: what auto allows)
     python -m benchmarks.train_speed --scale demo --threads 1 --pair-dots  # sample scores (un)blocked
+    python -m benchmarks.train_speed --precisions bf16 --dims 384 --no-reference --whole-epochs 3  # whole epochs
 
 Builds a synthetic problem of the given size (long-tail item popularity, clustered item features
 that users' tastes follow), times one epoch of each implementation in the same process (so the
@@ -133,6 +134,27 @@ def interleaved_epoch_seconds(steps: dict[str, Callable[[Samples], None]], sampl
     return {name: float(np.median(t)) * len(parts) for name, t in times.items()}
 
 
+def whole_epoch_seconds(steps: dict[str, Callable[[Samples], None]], samples: Samples, batch_size: int,
+                        device: torch.device, rounds: int) -> dict[str, float]:
+    """Seconds per epoch of each implementation, each running whole epochs in turn, `rounds` times
+    (median). Every batch follows a batch of its own implementation, as in training, so its model,
+    optimizer state and weights are as warm in the caches as in a real epoch; interleaved batch by
+    batch they are not, and the small roofline suffers less from that than a whole model does."""
+    parts = batch_slices(samples, batch_size)
+    for step in steps.values():  # warm-up: allocator, kernels
+        step(parts[0])
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            for part in parts:
+                step(part)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def bare_tower_step(features: torch.Tensor, sizes: list[int], n_points: int,
                     dtype: torch.dtype) -> Callable[[Samples], None]:
     """The roofline: the item tower as a bare MLP (matmuls and ReLUs, no bias, dropout, user side,
@@ -164,7 +186,7 @@ def tower_flops(n_items: float, sizes: list[int]) -> float:
 
 def bench_features(split: Split, features: np.ndarray, config: TrainConfig, device: torch.device,
                    max_batches: int | None, reference: bool, precisions: list[str],
-                   before: bool = False, pair_dots: bool = False) -> dict[str, float]:
+                   before: bool = False, pair_dots: bool = False, whole_rounds: int = 0) -> dict[str, float]:
     """Epoch seconds of the 9-point stack, one point, the roofline of each (per precision) and the
     per-sample reference (fp32), all timed batch by batch in turn; evaluation seconds (fp32)."""
     feats = torch.as_tensor(features, device=device)
@@ -203,7 +225,8 @@ def bench_features(split: Split, features: np.ndarray, config: TrainConfig, devi
         model = TwoTower(init, feats, grid[0].dropout).to(device)
         ref_opt = torch.optim.AdamW(model.parameters(), lr=grid[0].lr, weight_decay=config.weight_decay)
         steps["reference_epoch"] = lambda s: train_epoch_reference(model, ref_opt, s, config.batch_size)
-    out = interleaved_epoch_seconds(steps, samples, config.batch_size, device, max_batches)
+    out = (whole_epoch_seconds(steps, samples, config.batch_size, device, whole_rounds) if whole_rounds
+           else interleaved_epoch_seconds(steps, samples, config.batch_size, device, max_batches))
     out["samples"] = len(samples)
     out["distinct_items"] = float(np.mean([len(torch.unique(samples.items[b])) for b in batches(len(samples), config.batch_size)]))
     out["batches"] = len(batches(len(samples), config.batch_size))
@@ -225,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="ml1m")
     parser.add_argument("--quick", action="store_true", help="time 12 batches per implementation and extrapolate (median)")
+    parser.add_argument("--whole-epochs", type=int, default=0, metavar="ROUNDS",
+                        help="time whole epochs, each implementation in turn, ROUNDS times (median), instead of "
+                             "batch by batch in turn (closer to a real epoch's cache state; slower)")
     parser.add_argument("--dims", type=int, nargs="+", default=[384, 1152])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
                         help="dtypes to time (default: fp32, plus bf16 where train.precision auto picks it)")
@@ -263,10 +289,11 @@ def main(argv: list[str] | None = None) -> None:
           f"({len(split.train):,} train), {split.valid_negatives.shape[1]} validation + as many test negatives; "
           f"built in {time.perf_counter() - start:.1f} s; tower {list(config.item_hidden)}, "
           f"batch {config.batch_size}, grid {len(config.grid())} points"
-          + (" [quick: median of 12 interleaved batches x batches per epoch]" if args.quick else ""))
+          + (f" [whole epochs in turn, median of {args.whole_epochs}]" if args.whole_epochs else
+             " [quick: median of 12 interleaved batches x batches per epoch]" if args.quick else ""))
     for d, feats in features.items():
         r = bench_features(split, feats, config, device, 12 if args.quick else None, not args.no_reference, precisions,
-                           args.before, args.pair_dots)
+                           args.before, args.pair_dots, args.whole_epochs)
         epochs, how = args.epochs, "assumed"
         if args.early_stop:
             fit = train_grid(split, feats, replace(config, precision=precisions[-1]), device=device, log=lambda m: None)
