@@ -22,13 +22,15 @@ def run_wrapped(body: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
 
 
-def test_a_finished_stage_exits_0_with_all_it_printed():
+def test_a_finished_stage_exits_0_with_all_it_printed_and_its_atexit_handlers_run():
     done = run_wrapped("""
+        import atexit
+        atexit.register(lambda: print("atexit handler ran"))
         print("line 1")
         print("no newline at the end", end="")
     """)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "line 1\nno newline at the end"
+    assert done.stdout == "line 1\nno newline at the endatexit handler ran\n"
 
 
 def test_a_known_error_prints_its_message_alone_and_exits_with_its_code():

@@ -8,15 +8,16 @@ backend's own handling becomes a StopRun through xreflect.backends.retry.api_sto
 traceback, and exit with their code (table in xreflect.core.errors). Anything else is a bug and keeps its
 traceback. `XREFLECT_DEBUG=1` shows the traceback for every error.
 
-The process ends with os._exit, on success as on a known error, once its output is flushed:
-worker threads still waiting on a request (a hung server) must not hold the exit for up to
-`timeout_s`, and the interpreter's teardown after torch is loaded costs ~0.35 s of every stage
+The process ends with os._exit once its output is flushed (on success after running the atexit
+handlers): worker threads still waiting on a request (a hung server) must not hold the exit for up
+to `timeout_s`, and the interpreter's teardown after torch is loaded costs ~0.35 s of every stage
 (13 train stages and the embed stage in the demo's `dvc repro`). Everything worth keeping is
 already on disk by then (answers are committed one by one, outputs are written atomically and
 closed, Ray is shut down and worker processes joined before a stage's main returns).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Callable
@@ -57,6 +58,7 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
             raise
         print(f"\n{label}: {message_of(error)}", file=sys.stderr)
         exit_now(code)
+    atexit._run_exitfuncs()  # what libraries (and the tests' read audit) registered for a normal exit
     exit_now(0)
 
 
