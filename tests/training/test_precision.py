@@ -80,11 +80,19 @@ def test_bf16_step_keeps_fp32_weights_gradients_and_optimizer_state():
     assert 0 < difference < 0.05 * logits[torch.float32].abs().max().item()
 
 
-def test_bf16_dropout_keeps_each_points_rate():
+@pytest.mark.parametrize("bits", ["splitmix64", "torch generators"])
+def test_bf16_dropout_keeps_each_points_rate(bits):
     """bf16 training draws 16-bit keep masks (StackedTwoTower._keep_masks) and scales the next
-    layer's weights by 1/keep instead of the activations."""
-    model = StackedTwoTower([init_state(1, 4, [], 2, seed=0)] * 3, torch.ones(10, 4), dropout=[0.1, 0.5, 0.0],
-                            seeds=[0, 1, 2], dtype=torch.bfloat16)
+    layer's weights by 1/keep instead of the activations. The bits: each point's SplitMix64 stream
+    on the CPU, torch's generators on a GPU (that path taken here on the CPU)."""
+    def tower(**kwargs):
+        model = StackedTwoTower(dtype=torch.bfloat16, **kwargs)
+        if bits == "torch generators":
+            model.bit_streams = None
+        return model
+
+    model = tower(states=[init_state(1, 4, [], 2, seed=0)] * 3, features=torch.ones(10, 4), dropout=[0.1, 0.5, 0.0],
+                  seeds=[0, 1, 2])
     keep = model._keep_masks((2000, 50))
     assert keep.dtype == torch.int16 and set(torch.unique(keep).tolist()) <= {-1, 0}
     for row, rate in enumerate([0.1, 0.5, 0.0]):
@@ -92,9 +100,19 @@ def test_bf16_dropout_keeps_each_points_rate():
     # The keep rate is rounded to 1/65536, and the scale is its exact inverse.
     torch.testing.assert_close(model.keep_scale, torch.tensor([65536 / 58982, 2.0, 1.0]))
     # The same point draws the same masks whatever its neighbours.
-    alone = StackedTwoTower([init_state(1, 4, [], 2, seed=0)], torch.ones(10, 4), dropout=[0.5], seeds=[1],
-                            dtype=torch.bfloat16)
+    alone = tower(states=[init_state(1, 4, [], 2, seed=0)], features=torch.ones(10, 4), dropout=[0.5], seeds=[1])
     assert torch.equal(alone._keep_masks((2000, 50))[0], keep[1])
+    # _ReluDrop applies a point's masks row by row (the CPU's rows, made as they are reached) as it
+    # applies them all at once (a Tensor, as on a GPU)
+    def fresh():
+        return tower(states=[init_state(1, 4, [], 2, seed=0)] * 3, features=torch.ones(10, 4),
+                     dropout=[0.1, 0.5, 0.0], seeds=[0, 1, 2])
+
+    h = torch.randn(3, 2000, 50, dtype=torch.bfloat16)
+    masks = fresh()._keep_masks((2000, 50))
+    at_once = _ReluDrop.apply(h, masks)
+    assert torch.equal(_ReluDrop.apply(h, fresh()._keep_rows((2000, 50))), at_once)
+    assert torch.equal(at_once, torch.relu(h) * (masks != 0))
 
 
 def test_bf16_dropout_bits_on_the_cpu_are_the_points_splitmix64_stream():
