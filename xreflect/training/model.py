@@ -224,27 +224,25 @@ class StackedTwoTower:
         point's SplitMix64 stream (random_bits.py), in one buffer that the next row overwrites, so
         a row's bits, its mask and the activations it is applied to stay in the cache (_ReluDrop);
         on a GPU, all rows at once (one launch per operation), as a [G, *shape] tensor."""
+        if self.bit_streams is not None:
+            return self._cpu_keep_rows(shape, used)
         n = math.prod(shape)
-        n_words = -(-n // 4)
-        width = n // shape[0]
-        if self.bit_streams is None:
-            words = (torch.empty if used is None else torch.zeros)((self.size, n_words), dtype=torch.int64,
-                                                                    device=self.features.device)
-            for row, gen in enumerate(self.generators):
-                row_words = words[row] if used is None else words[row, :-(-used[row] * width // 4)]
-                row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
-            bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
-            return _bits_to_keep(bits, self.keep_below.view(-1, *[1] * len(shape)))
-        return self._cpu_keep_rows(shape, n_words, width, used)
+        words = (torch.empty if used is None else torch.zeros)((self.size, -(-n // 4)), dtype=torch.int64,
+                                                                device=self.features.device)
+        for row, gen in enumerate(self.generators):  # with `used`: only the row's own split's items
+            row_words = words[row] if used is None else words[row, :-(-used[row] * (n // shape[0]) // 4)]
+            row_words.random_(-2 ** 63, None, generator=gen)  # all 64 bits
+        bits = words.view(torch.int16)[:, :n].reshape(self.size, *shape)
+        return _bits_to_keep(bits, self.keep_below.view(-1, *[1] * len(shape)))
 
-    def _cpu_keep_rows(self, shape: tuple[int, ...], n_words: int, width: int,
-                       used: list[int] | None) -> Iterator[Tensor]:
-        words = torch.empty(n_words, dtype=torch.int64)
-        for row in range(self.size):
-            drawn = n_words if used is None else -(-used[row] * width // 4)
+    def _cpu_keep_rows(self, shape: tuple[int, ...], used: list[int] | None) -> Iterator[Tensor]:
+        n = math.prod(shape)
+        words = torch.empty(-(-n // 4), dtype=torch.int64)
+        for row in range(self.size):  # with `used`: only the row's own split's items, the rest zero
+            drawn = len(words) if used is None else -(-used[row] * (n // shape[0]) // 4)
             self.bit_streams.fill(row, words[:drawn])
-            words[drawn:].zero_()  # padding items (stacked splits): never read
-            yield _bits_to_keep(words.view(torch.int16), self.keep_below[row])[:math.prod(shape)].view(shape)
+            words[drawn:].zero_()
+            yield _bits_to_keep(words.view(torch.int16), self.keep_below[row])[:n].view(shape)
 
     def _low_precision_vectors(self, items: Tensor, used: list[int] | None = None) -> Tensor:
         """item_vectors(items, training=True) in a low-precision dtype (bf16), with fewer passes over
@@ -472,7 +470,8 @@ class _ScaledCast(torch.autograd.Function):
 
 class _ReluDrop(torch.autograd.Function):
     """relu(h) with the dropped units zeroed (`keep`: int16 bits, -1 kept, 0 dropped, see
-    StackedTwoTower._keep_masks): a ReLU and an in-place AND of the bits forward, one pass backward
+    StackedTwoTower._keep_masks; a [G, ...] tensor, or each row's in turn from _keep_rows):
+    a ReLU and an in-place AND of the bits forward, one pass backward
     (the gradient flows where the output is > 0, ReLU's and the mask's condition at once). The
     scale of inverted dropout is applied by the caller, to the next layer's weights."""
 
