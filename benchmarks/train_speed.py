@@ -137,9 +137,10 @@ def interleaved_epoch_seconds(steps: dict[str, Callable[[Samples], None]], sampl
 def whole_epoch_seconds(steps: dict[str, Callable[[Samples], None]], samples: Samples, batch_size: int,
                         device: torch.device, rounds: int) -> dict[str, float]:
     """Seconds per epoch of each implementation, each running whole epochs in turn, `rounds` times
-    (median). Every batch follows a batch of its own implementation, as in training, so its model,
-    optimizer state and weights are as warm in the caches as in a real epoch; interleaved batch by
-    batch they are not, and the small roofline suffers less from that than a whole model does."""
+    (median). Every batch follows a batch of its own implementation, as in training, so its data is
+    as warm in the caches as in a real epoch; interleaved batch by batch, every batch starts with
+    another implementation's data in the caches, which slowed the bare-tower roofline more than the
+    epoch (bf16 single point at MovieLens-1M size, 384-d: 1.50-1.61x interleaved, 1.63x here)."""
     parts = batch_slices(samples, batch_size)
     for step in steps.values():  # warm-up: allocator, kernels
         step(parts[0])
@@ -188,7 +189,8 @@ def bench_features(split: Split, features: np.ndarray, config: TrainConfig, devi
                    max_batches: int | None, reference: bool, precisions: list[str],
                    before: bool = False, pair_dots: bool = False, whole_rounds: int = 0) -> dict[str, float]:
     """Epoch seconds of the 9-point stack, one point, the roofline of each (per precision) and the
-    per-sample reference (fp32), all timed batch by batch in turn; evaluation seconds (fp32)."""
+    per-sample reference (fp32), all timed batch by batch in turn (or whole epochs in turn, with
+    whole_rounds); evaluation seconds (fp32)."""
     feats = torch.as_tensor(features, device=device)
     samples = epoch_samples(split, negative_pool(split), config, 1, device)
     grid = config.grid()
