@@ -46,7 +46,8 @@ def variants(model: Callable[[type], tuple[StackedTwoTower, StackedAdamW]],
             if tower_only:  # the item tower on the batch's distinct items, no user side or loss
                 distinct, _ = distinct_items(part.items, n_items)
                 net.item_vectors(pad_rows(distinct, BF16_ROW_STEP), training=True).sum().backward()
-                net.params["user"].grad = torch.zeros_like(net.params["user"])
+                if optimizer:  # AdamW updates the whole user table, with or without a gradient
+                    net.params["user"].grad = torch.zeros_like(net.params["user"])
             else:
                 point_losses(net.logits(part.users, part.items), part.labels).sum().backward()
             if optimizer:
