@@ -8,7 +8,8 @@ import torch
 
 import xreflect.training.precision as precision_mod
 from tests.training.test_random_bits import splitmix64
-from xreflect.training.model import StackedAdamW, StackedTwoTower, _ReluDrop, init_state, pad_rows, stacked_loss
+from xreflect.training.model import (StackedAdamW, StackedTwoTower, _BiasReluDrop, init_state, pad_rows,
+                                     stacked_loss)
 from xreflect.training.config import TrainConfig
 from xreflect.training.precision import resolve_precision
 
@@ -102,17 +103,15 @@ def test_bf16_dropout_keeps_each_points_rate(bits):
     # The same point draws the same masks whatever its neighbours.
     alone = tower(states=[init_state(1, 4, [], 2, seed=0)], features=torch.ones(10, 4), dropout=[0.5], seeds=[1])
     assert torch.equal(alone._keep_masks((2000, 50))[0], keep[1])
-    # _ReluDrop applies a point's masks row by row (the CPU's rows, made as they are reached) as it
-    # applies them all at once (a Tensor, as on a GPU)
+    # A hidden layer (_bias_relu_drop: row by row on the CPU, all rows at once on a GPU) zeroes
+    # the units of the point's next masks after the bias and ReLU.
     def fresh():
         return tower(states=[init_state(1, 4, [], 2, seed=0)] * 3, features=torch.ones(10, 4),
                      dropout=[0.1, 0.5, 0.0], seeds=[0, 1, 2])
 
-    h = torch.randn(3, 2000, 50, dtype=torch.bfloat16)
-    masks = fresh()._keep_masks((2000, 50))
-    at_once = _ReluDrop.apply(h, masks)
-    assert torch.equal(_ReluDrop.apply(h, fresh()._keep_rows((2000, 50))), at_once)
-    assert torch.equal(at_once, torch.relu(h) * (masks != 0))
+    h, bias = torch.randn(3, 2000, 48, dtype=torch.bfloat16), torch.randn(3, 1, 48, dtype=torch.bfloat16)
+    masks = fresh()._keep_masks((2000, 48))
+    assert torch.equal(fresh()._bias_relu_drop(h, bias, None), torch.relu(h + bias) * (masks != 0))
 
 
 def test_bf16_dropout_bits_on_the_cpu_are_the_points_splitmix64_stream():
@@ -125,15 +124,16 @@ def test_bf16_dropout_bits_on_the_cpu_are_the_points_splitmix64_stream():
         assert torch.equal(keep[1], torch.where(bits <= model.keep_below[1], -1, 0).to(torch.int16))
 
 
-def test_bf16_relu_dropout_passes_the_gradient_where_the_unit_survives():
+def test_bf16_hidden_layer_passes_the_gradient_where_the_unit_survives():
     h = torch.randn(2, 300, 40, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(2, 1, 40, dtype=torch.bfloat16, requires_grad=True)
     keep = torch.randint(0, 2, h.shape, dtype=torch.int16).neg_()  # -1 kept, 0 dropped
-    out = _ReluDrop.apply(h, keep)
-    expected = torch.relu(h.detach()) * (keep != 0)
-    assert torch.equal(out.detach(), expected)
+    out = _BiasReluDrop.apply(h, bias, lambda pre, b: torch.relu(pre + b) * (keep != 0))
     grad = torch.randn_like(out)
     out.backward(grad)
-    assert torch.equal(h.grad, grad * ((h.detach() > 0) & (keep != 0)))
+    passed = grad * ((h.detach() + bias.detach() > 0) & (keep != 0))
+    assert torch.equal(h.grad, passed)
+    assert torch.equal(bias.grad, passed.sum(1, keepdim=True))
 
 
 def test_bf16_tower_without_dropout_matches_fp32_and_dropout_keeps_the_mean():

@@ -10,11 +10,12 @@ from xreflect.training.epochs import Samples
 from xreflect.training.model import init_state
 
 
-def test_keep_all_draws_no_bits_and_keeps_every_unit():
-    model = step_parts.KeepAll([init_state(1, 4, [8], 2, seed=0)] * 2, torch.ones(10, 4), dropout=[0.5, 0.5],
-                               seeds=[0, 1], dtype=torch.bfloat16)
+def test_bare_relu_leaves_out_the_bias_and_dropout_and_draws_no_bits():
+    model = step_parts.BareRelu([init_state(1, 4, [8], 2, seed=0)] * 2, torch.ones(10, 4), dropout=[0.5, 0.5],
+                                seeds=[0, 1], dtype=torch.bfloat16)
     state = list(model.bit_streams.states)
-    assert torch.equal(model._keep_masks((30, 8)), torch.full((2, 30, 8), -1, dtype=torch.int16))
+    pre = torch.randn(2, 30, 8, dtype=torch.bfloat16)
+    assert torch.equal(model._bias_relu_drop(pre, torch.ones(2, 1, 8, dtype=torch.bfloat16), None), torch.relu(pre))
     assert model.bit_streams.states == state
 
 
@@ -30,6 +31,7 @@ def test_each_step_runs_its_batches_back_to_back_and_the_first_round_is_not_time
 def test_a_run_at_demo_scale_prints_every_part(capsys):
     step_parts.main(["--scale", "demo", "--dim", "32", "--points", "2", "--batches", "2", "--rounds", "2"])
     out = capsys.readouterr().out
-    for part in ("dropout's random bits", "optimizer (AdamW)", "user side and loss", "tower beyond the roofline"):
+    for part in ("hidden layers' bias and dropout", "optimizer (AdamW)", "user side and loss",
+                 "tower beyond the roofline"):
         assert re.search(rf"{re.escape(part)}.*\s-?[\d.]+$", out, re.MULTILINE), part
     assert re.search(r"whole step / roofline: [\d.]+x", out)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from xreflect.training import relu_drop_kernel
 from xreflect.training.random_bits import SplitMix64Streams
 
 State = dict[str, np.ndarray]  # one model's parameters: "user", "w0", "b0", "w1", "b1", ...
@@ -162,6 +163,7 @@ class StackedTwoTower:
         and scales the kept units by 65536 / keep_units, so the expected activation is unchanged."""
         keep_units = torch.clamp(torch.round((1.0 - self.dropout.double()) * 65536), 1, 65536)
         self.keep_below = (keep_units - 32769).to(torch.int16)  # uniform int16 <= keep_below: kept
+        self.keep_below_list = self.keep_below.tolist()  # read per batch by the C kernel: no tensor reads
         self.keep_scale = (65536 / keep_units).float()
 
     @property
@@ -215,17 +217,11 @@ class StackedTwoTower:
         of _dropout, and every step is an int16 op that torch vectorises, where bool masks and
         masked_fill_ are not): a unit is kept when its 16 bits, read as int16, are <= keep_below,
         with probability keep_units / 65536 (the keep rate rounded to 1/65536, see _keep_rates).
-        With `used` (stacked splits), row g draws bits for its first used[g] items only."""
-        rows = self._keep_rows(shape, used)
-        return rows if isinstance(rows, Tensor) else torch.stack([keep.clone() for keep in rows])
-
-    def _keep_rows(self, shape: tuple[int, ...], used: list[int] | None = None) -> Tensor | Iterator[Tensor]:
-        """_keep_masks row by row: on the CPU each row's mask is made when it is asked for, from the
-        point's SplitMix64 stream (random_bits.py), in one buffer that the next row overwrites, so
-        a row's bits, its mask and the activations it is applied to stay in the cache (_ReluDrop);
-        on a GPU, all rows at once (one launch per operation), as a [G, *shape] tensor."""
+        The bits: on the CPU each point's SplitMix64 stream (random_bits.py), on a GPU torch's
+        generators (Philox, one launch per row). With `used` (stacked splits), row g draws bits
+        for its first used[g] items only."""
         if self.bit_streams is not None:
-            return self._cpu_keep_rows(shape, used)
+            return torch.stack([keep.clone() for keep in self._cpu_keep_rows(shape, used)])
         n = math.prod(shape)
         words = (torch.empty if used is None else torch.zeros)((self.size, -(-n // 4)), dtype=torch.int64,
                                                                 device=self.features.device)
@@ -236,6 +232,8 @@ class StackedTwoTower:
         return _bits_to_keep(bits, self.keep_below.view(-1, *[1] * len(shape)))
 
     def _cpu_keep_rows(self, shape: tuple[int, ...], used: list[int] | None) -> Iterator[Tensor]:
+        """Each point's keep mask in turn, made when it is asked for in one buffer that the next row
+        overwrites (so a row's bits, its mask and the activations it is applied to stay in the cache)."""
         n = math.prod(shape)
         words = torch.empty(-(-n // 4), dtype=torch.int64)
         for row in range(self.size):  # with `used`: only the row's own split's items, the rest zero
@@ -244,11 +242,33 @@ class StackedTwoTower:
             words[drawn:].zero_()
             yield _bits_to_keep(words.view(torch.int16), self.keep_below[row])[:n].view(shape)
 
+    def _bias_relu_drop(self, pre: Tensor, bias: Tensor, used: list[int] | None) -> Tensor:
+        """relu(pre + bias) with the units each point drops zeroed (their bits all cleared): a hidden
+        layer's output in the low-precision path, pre [G, M, width], bias [G, 1, width]. On the CPU
+        one point at a time, in one pass of the C kernel where it is built (relu_drop_kernel.py),
+        else in torch ops, the same bits either way; on a GPU all points at once, one launch per op."""
+        if self.bit_streams is None:
+            out = torch.relu(pre + bias)
+            return out.view(torch.int16).bitwise_and_(self._keep_masks(tuple(pre.shape[1:]), used)).view(out.dtype)
+        out = torch.empty_like(pre)
+        rows, width = pre.shape[1:]
+        kernel = relu_drop_kernel.load() if width % 4 == 0 else None  # a word's 4 units in one row
+        if kernel is None:
+            for row, keep in enumerate(self._cpu_keep_rows((rows, width), used)):
+                torch.add(pre[row], bias[row], out=out[row]).clamp_min_(0).view(torch.int16).bitwise_and_(keep)
+            return out
+        for row in range(self.size):
+            drawn = rows if used is None else used[row]
+            state = self.bit_streams.take(row, drawn * width // 4)
+            relu_drop_kernel.bias_relu_drop(kernel, pre[row], bias[row], out[row], drawn, state,
+                                            self.keep_below_list[row])
+        return out
+
     def _low_precision_vectors(self, items: Tensor, used: list[int] | None = None) -> Tensor:
         """item_vectors(items, training=True) in a low-precision dtype (bf16), with fewer passes over
         the activations than the fp32 path (measured batch by batch, benchmarks/train_speed.py):
-        - dropout draws its masks with _keep_masks and zeroes the dropped units by a bitwise AND
-          after the ReLU (_ReluDrop: two cheap passes forward, one backward);
+        - a hidden layer's bias, ReLU and dropout are one pass forward (_BiasReluDrop; on the CPU
+          a C loop that draws the bits too) and one backward;
         - inverted dropout's 1/keep scale multiplies the next layer's weights (fp32, [in, out],
           before their cast) instead of the activations ([M, width]): the same product, one pass
           fewer, and no rounding of 1/keep to bf16;
@@ -263,14 +283,16 @@ class StackedTwoTower:
             keep = self._keep_masks(tuple(h.shape[-2:]), used)
             h = torch.bitwise_and(h.view(torch.int16), keep).view(dtype)
         for layer in range(self.layers):
-            if layer > 0:
-                h = _ReluDrop.apply(h, self._keep_rows(tuple(h.shape[1:]), used))
             w = self.params[f"w{layer}"]
             if layer > 0 or self.layers == 1:  # the units this layer reads went through dropout
                 w = _ScaledCast.apply(w, self.keep_scale.view(-1, 1, 1), dtype)
             else:
                 w = w.to(dtype)
-            h = torch.matmul(h, w) + self.params[f"b{layer}"].to(dtype)
+            h, bias = torch.matmul(h, w), self.params[f"b{layer}"].to(dtype)
+            if layer < self.layers - 1:  # a hidden layer: ReLU and dropout
+                h = _BiasReluDrop.apply(h, bias, lambda pre, b: self._bias_relu_drop(pre, b, used))
+            else:
+                h = h + bias
         return h.float()
 
     def logits(self, users: Tensor, items: Tensor) -> Tensor:
@@ -468,29 +490,23 @@ class _ScaledCast(torch.autograd.Function):
         return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=scale.dtype, device=grad.device)), None, None
 
 
-class _ReluDrop(torch.autograd.Function):
-    """relu(h) with the dropped units zeroed (`keep`: int16 bits, -1 kept, 0 dropped, see
-    StackedTwoTower._keep_masks; a [G, ...] tensor, or each row's in turn from _keep_rows):
-    a ReLU and an in-place AND of the bits forward, one pass backward
-    (the gradient flows where the output is > 0, ReLU's and the mask's condition at once). The
-    scale of inverted dropout is applied by the caller, to the next layer's weights."""
+class _BiasReluDrop(torch.autograd.Function):
+    """relu(pre + bias) with the dropped units zeroed, computed by `forward_out(pre, bias)`
+    (StackedTwoTower._bias_relu_drop), and its backward in one pass: the gradient flows where the
+    output is > 0, ReLU's and the mask's condition at once; the bias's is its sum over the rows.
+    The scale of inverted dropout is applied by the caller, to the next layer's weights."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, keep: Tensor | Iterable[Tensor]) -> Tensor:  # noqa: D102
-        if isinstance(keep, Tensor):  # all rows at once (a GPU: one launch per operation)
-            out = torch.relu(h)
-            out.view(torch.int16).bitwise_and_(keep)
-        else:  # row by row, each row's mask made as it is needed: activations and mask meet in the cache
-            out = torch.empty_like(h)
-            for row, row_keep in enumerate(keep):
-                torch.clamp_min(h[row], 0, out=out[row]).view(torch.int16).bitwise_and_(row_keep)  # = relu
+    def forward(ctx, pre: Tensor, bias: Tensor, forward_out: Callable[[Tensor, Tensor], Tensor]) -> Tensor:  # noqa: D102
+        out = forward_out(pre, bias)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: D102
         out, = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0), None
+        grad_pre = torch.ops.aten.threshold_backward(grad, out, 0)
+        return grad_pre, grad_pre.sum(-2, keepdim=True), None
 
 
 # oneDNN (the CPU's bf16 matmuls) compiles a kernel per matrix shape and caches a limited number;

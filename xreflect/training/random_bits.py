@@ -43,8 +43,7 @@ class SplitMix64Streams:
         n = len(out)
         if len(self._steps) < n or self._steps.device != out.device:
             self._steps = torch.arange(1, n + 1, dtype=torch.int64, device=out.device).mul_(as_int64(GAMMA))
-        torch.add(self._steps[:n], as_int64(self.states[row]), out=out)
-        self.states[row] = (self.states[row] + n * GAMMA) & MASK64
+        torch.add(self._steps[:n], as_int64(self.take(row, n)), out=out)
         shifted = torch.empty_like(out)
         for shift, multiplier in MIX:
             torch.bitwise_right_shift(out, shift, out=shifted).bitwise_and_((1 << (64 - shift)) - 1)
@@ -52,6 +51,13 @@ class SplitMix64Streams:
             if multiplier is not None:
                 out.mul_(as_int64(multiplier))
         return out
+
+    def take(self, row: int, n: int) -> int:
+        """The state `row`'s next n words start from (word i mixes state + (i + 1) * GAMMA), moving
+        the stream past them: for a caller that computes the words itself (bias_relu_drop.c)."""
+        state = self.states[row]
+        self.states[row] = (state + n * GAMMA) & MASK64
+        return state
 
     def keep(self, rows: list[int]) -> None:
         """Keep only these rows' streams, in this order (as StackedTwoTower.keep)."""
