@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from xreflect.training import model as model_module
+from xreflect.training import cpu_kernels, model as model_module
 from xreflect.training.model import (StackedAdamW, StackedTwoTower, TwoTower, distinct_items, feature_rows, gather_rows,
                                      init_state, pair_dots, score_state, stacked_loss)
 
@@ -76,9 +76,15 @@ def test_gather_rows_is_index_select_along_dim_1_forward_and_backward():
     assert torch.equal(flat_grad, table.grad)
 
 
-def test_blocked_pair_dots_are_the_unblocked_bit_for_bit(monkeypatch):
+@pytest.mark.parametrize("backward", ["C loop", "torch ops"])
+def test_pair_dots_are_the_plain_product_bit_for_bit_blocked_or_not(monkeypatch, backward):
     """Scores and both tables' gradients, over several blocks and a short last one, with ~25
-    samples per user row: the gradient sums' order matters."""
+    samples per user row (the gradient sums' order matters), against the product written out in
+    torch ops; the backward in the C loop (cpu_kernels; on a GPU: torch ops) or in torch ops."""
+    if backward == "torch ops":
+        monkeypatch.setattr(cpu_kernels, "_loaded", (None, "turned off by the test"))
+    elif cpu_kernels.load() is None:
+        pytest.skip("no C compiler here")
     monkeypatch.setattr(model_module, "PAIR_BLOCK", 64)
     gen = torch.Generator().manual_seed(0)
     users_table = torch.randn(3, 40, 16, generator=gen).requires_grad_(True)
@@ -86,13 +92,14 @@ def test_blocked_pair_dots_are_the_unblocked_bit_for_bit(monkeypatch):
     users, items = torch.randint(0, 40, (1000,), generator=gen), torch.randint(0, 30, (1000,), generator=gen)
     grad = torch.randn(3, 1000, generator=gen)
     results = []
-    for blocked in (True, False):
-        scores = pair_dots(users_table, items_table, users, items, blocked)
+    for blocked in (True, False, "plain"):
+        scores = ((gather_rows(users_table, users) * gather_rows(items_table, items)).sum(-1) if blocked == "plain"
+                  else pair_dots(users_table, items_table, users, items, blocked))
         scores.backward(grad)
         results.append((scores.detach(), users_table.grad, items_table.grad))
         users_table.grad = items_table.grad = None
-    for blocked_value, unblocked_value in zip(*results):
-        assert torch.equal(blocked_value, unblocked_value)
+    for blocked_value, unblocked_value, plain_value in zip(*results):
+        assert torch.equal(blocked_value, plain_value) and torch.equal(unblocked_value, plain_value)
 
 
 def test_pair_dots_are_blocked_on_one_cpu_thread_with_a_large_product():
@@ -102,7 +109,7 @@ def test_pair_dots_are_blocked_on_one_cpu_thread_with_a_large_product():
         torch.set_num_threads(threads)
         table = torch.zeros(groups, 10, 128, requires_grad=True)
         index = torch.zeros(4096, dtype=torch.int64)
-        return "Blocked" in type(pair_dots(table, table, index, index).grad_fn).__name__
+        return pair_dots(table, table, index, index).grad_fn.block is not None
     large = -(-model_module.BLOCKED_MIN // (4096 * 128))  # grid points that make the product large
     if torch.get_default_device().type != "cpu":
         assert not blocked(large, 1)

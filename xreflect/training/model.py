@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from xreflect.training import relu_drop_kernel
+from xreflect.training import cpu_kernels
 from xreflect.training.random_bits import SplitMix64Streams
 
 State = dict[str, np.ndarray]  # one model's parameters: "user", "w0", "b0", "w1", "b1", ...
@@ -245,23 +245,23 @@ class StackedTwoTower:
     def _bias_relu_drop(self, pre: Tensor, bias: Tensor, used: list[int] | None) -> Tensor:
         """relu(pre + bias) with the units each point drops zeroed (their bits all cleared): a hidden
         layer's output in the low-precision path, pre [G, M, width], bias [G, 1, width]. On the CPU
-        one point at a time, in one pass of the C kernel where it is built (relu_drop_kernel.py),
+        one point at a time, in one pass of the C kernel where it is built (cpu_kernels.py),
         else in torch ops, the same bits either way; on a GPU all points at once, one launch per op."""
         if self.bit_streams is None:
             out = torch.relu(pre + bias)
             return out.view(torch.int16).bitwise_and_(self._keep_masks(tuple(pre.shape[1:]), used)).view(out.dtype)
         out = torch.empty_like(pre)
         rows, width = pre.shape[1:]
-        kernel = relu_drop_kernel.load() if width % 4 == 0 else None  # a word's 4 units in one row
-        if kernel is None:
+        kernels = cpu_kernels.load() if width % 4 == 0 else None  # a word's 4 units in one row
+        if kernels is None:
             for row, keep in enumerate(self._cpu_keep_rows((rows, width), used)):
                 torch.add(pre[row], bias[row], out=out[row]).clamp_min_(0).view(torch.int16).bitwise_and_(keep)
             return out
         for row in range(self.size):
             drawn = rows if used is None else used[row]
             state = self.bit_streams.take(row, drawn * width // 4)
-            relu_drop_kernel.bias_relu_drop(kernel, pre[row], bias[row], out[row], drawn, state,
-                                            self.keep_below_list[row])
+            cpu_kernels.bias_relu_drop(kernels, pre[row], bias[row], out[row], drawn, state,
+                                       self.keep_below_list[row])
         return out
 
     def _low_precision_vectors(self, items: Tensor, used: list[int] | None = None) -> Tensor:
@@ -406,14 +406,12 @@ def pair_dots(users_table: Tensor, items_table: Tensor, users: Tensor, items: Te
               blocked: bool | None = None) -> Tensor:
     """Each sample's score [G, B]: the dot product of row users[b] of users_table [G, N, dim] and
     row items[b] of items_table [G, M, dim], for every grid point g; the same bits blocked
-    (_BlockedPairDots) or not. `blocked` None: where it pays, on a CPU thread of its own (a process
+    (_PairDots in blocks) or not. `blocked` None: where it pays, on a CPU thread of its own (a process
     of placement.workers on as many cores) with a product too large for its cache (see BLOCKED_MIN)."""
     if blocked is None:
         blocked = (users_table.device.type == "cpu" and torch.get_num_threads() == 1
                    and users_table.shape[0] * len(users) * users_table.shape[2] >= BLOCKED_MIN)
-    if blocked:
-        return _BlockedPairDots.apply(users_table, items_table, users, items)
-    return (gather_rows(users_table, users) * gather_rows(items_table, items)).sum(-1)
+    return _PairDots.apply(users_table, items_table, users, items, PAIR_BLOCK if blocked else None)
 
 
 # Where blocking pays, measured forward and backward on 2 Intel Xeon cores (ratios of the unblocked
@@ -426,37 +424,46 @@ BLOCKED_MIN = 1 << 21  # elements (8 MiB fp32) of the product [G, B, dim]
 PAIR_BLOCK = 2048
 
 
-class _BlockedPairDots(torch.autograd.Function):
+class _PairDots(torch.autograd.Function):
     """(gather_rows(users_table, users) * gather_rows(items_table, items)).sum(-1) and its backward,
-    a block of samples at a time, with the same operations in the same order on every value: the
-    same bits forward and backward (each block's index_add_ adds its samples to a destination row
-    in sample order, as the whole batch's does). The unblocked form writes and re-reads four
-    [G, B, dim] tensors (a 9-point demo batch: 19 MB each) from memory, a block at a time they stay
-    in the cache. Nothing of [G, B, dim] size is kept for the backward: it gathers the rows again."""
+    whole or a block of samples at a time (`block`), with the same operations in the same order
+    on every value: the same bits either way, forward and backward (each index_add_ adds its
+    samples to a destination row in sample order). Unblocked, the batch's gathered rows and their
+    products ([G, B, dim]; a 9-point demo batch: 19 MB each) go through memory; blocked, they stay
+    in the cache. Nothing of [G, B, dim] size is kept for the backward, which on the CPU runs as one
+    C loop where it is built (cpu_kernels.py: the same sums, without writing the products out)."""
 
     @staticmethod
-    def forward(ctx, users_table: Tensor, items_table: Tensor, users: Tensor, items: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, users_table: Tensor, items_table: Tensor, users: Tensor, items: Tensor,  # noqa: D102
+                block: int | None) -> Tensor:
         groups, dim = users_table.shape[0], users_table.shape[2]
         user_rows, item_rows = _flat_rows(users_table, users), _flat_rows(items_table, items)
         flat_users, flat_items = users_table.reshape(-1, dim), items_table.reshape(-1, dim)
         out = torch.empty(len(user_rows), dtype=users_table.dtype, device=users_table.device)
-        for block in batches(len(user_rows), PAIR_BLOCK):
-            product = flat_users.index_select(0, user_rows[block]).mul_(flat_items.index_select(0, item_rows[block]))
-            torch.sum(product, -1, out=out[block])
+        for part in batches(len(user_rows), block or len(user_rows)):
+            product = flat_users.index_select(0, user_rows[part]).mul_(flat_items.index_select(0, item_rows[part]))
+            torch.sum(product, -1, out=out[part])
         ctx.save_for_backward(users_table, items_table, user_rows, item_rows)
+        ctx.block = block
         return out.view(groups, len(users))
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None, None]:  # noqa: D102
         users_table, items_table, user_rows, item_rows = ctx.saved_tensors
         dim = users_table.shape[2]
         flat_users, flat_items = users_table.reshape(-1, dim), items_table.reshape(-1, dim)
+        kernels = (cpu_kernels.load() if users_table.device.type == "cpu" and users_table.dtype == torch.float32
+                   else None)
+        if kernels is not None:
+            users_grad, items_grad = cpu_kernels.pair_dots_backward(kernels, flat_users, flat_items, user_rows,
+                                                                    item_rows, grad.reshape(-1))
+            return users_grad.view_as(users_table), items_grad.view_as(items_table), None, None, None
         users_grad, items_grad = torch.zeros_like(flat_users), torch.zeros_like(flat_items)
         grad = grad.reshape(-1, 1)
-        for block in batches(len(user_rows), PAIR_BLOCK):
-            users_grad.index_add_(0, user_rows[block], grad[block] * flat_items.index_select(0, item_rows[block]))
-            items_grad.index_add_(0, item_rows[block], grad[block] * flat_users.index_select(0, user_rows[block]))
-        return users_grad.view_as(users_table), items_grad.view_as(items_table), None, None
+        for part in batches(len(user_rows), ctx.block or len(user_rows)):
+            users_grad.index_add_(0, user_rows[part], grad[part] * flat_items.index_select(0, item_rows[part]))
+            items_grad.index_add_(0, item_rows[part], grad[part] * flat_users.index_select(0, user_rows[part]))
+        return users_grad.view_as(users_table), items_grad.view_as(items_table), None, None, None
 
 
 def _flat_rows(table: Tensor, index: Tensor) -> Tensor:

@@ -1,12 +1,12 @@
-"""relu_drop_kernel: the C loop of a bf16 hidden layer (bias, ReLU, dropout) gives the bits of the
-torch ops it replaces, training gives the same parameters with or without it, and a machine
-without a C compiler trains in torch ops and says so once."""
+"""cpu_kernels: the C loops (a bf16 hidden layer's bias, ReLU and dropout; the sample scores'
+backward) give the bits of the torch ops they replace, training gives the same parameters with or
+without them, and a machine without a C compiler trains in torch ops and says so once."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from xreflect.training import relu_drop_kernel
+from xreflect.training import cpu_kernels
 from xreflect.training.model import StackedAdamW, StackedTwoTower, _bits_to_keep, init_state, stacked_loss
 from xreflect.training.random_bits import SplitMix64Streams
 
@@ -14,17 +14,17 @@ BF16 = torch.bfloat16
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    function, why = relu_drop_kernel.compile_kernel()
-    if function is None:
-        pytest.skip(f"no C kernel on this machine: {why}")
-    return function
+def kernels():
+    library, why = cpu_kernels.compile_kernels()
+    if library is None:
+        pytest.skip(f"no C kernels on this machine: {why}")
+    return library
 
 
 @pytest.fixture
 def kernel_off(monkeypatch):
     """The torch-ops path, as on a machine without a C compiler."""
-    monkeypatch.setattr(relu_drop_kernel, "_loaded", (None, "turned off by the test"))
+    monkeypatch.setattr(cpu_kernels, "_loaded", (None, "turned off by the test"))
 
 
 def torch_ops(pre: torch.Tensor, bias: torch.Tensor, drawn_rows: int, seed: int, keep_below: int) -> torch.Tensor:
@@ -60,23 +60,43 @@ def same_bits_up_to_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("rows, width, drawn", [(64, 512, 64), (37, 12, 37), (37, 12, 20), (5, 4, 0), (1, 256, 1)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kernel_writes_the_bits_of_the_torch_ops(kernel, rows, width, drawn, threads):
+def test_bias_relu_drop_writes_the_bits_of_the_torch_ops(kernels, rows, width, drawn, threads):
     pre, bias = awkward_values(rows, width, seed=rows + width)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for seed, keep_below in ((3, 26213), (2 ** 64 - 5, -32768), (7, 32767), (11, 0)):
             out = torch.full_like(pre, 7.0)
-            relu_drop_kernel.bias_relu_drop(kernel, pre, bias, out, drawn, seed, keep_below)
+            cpu_kernels.bias_relu_drop(kernels, pre, bias, out, drawn, seed, keep_below)
             expected = torch_ops(pre, bias, drawn, seed, keep_below)
             assert same_bits_up_to_nan(out, expected), (seed, keep_below)
     finally:
         torch.set_num_threads(before)
 
 
-def train(states, feats, steps=4, row_split=None, split_batches=False):
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dim", [128, 13])
+def test_pair_dots_backward_adds_the_rows_as_torch_does(kernels, threads, dim):
+    """The gradients' rows get ~20 samples each (their order matters), and a column count the
+    threads split unevenly."""
+    gen = torch.Generator().manual_seed(dim)
+    users, items = torch.randn(50, dim, generator=gen), torch.randn(40, dim, generator=gen)
+    user_rows, item_rows = torch.randint(0, 50, (1000,), generator=gen), torch.randint(0, 40, (1000,), generator=gen)
+    grad = torch.randn(1000, generator=gen)
+    expected_users = torch.zeros_like(users).index_add_(0, user_rows, grad[:, None] * items[item_rows])
+    expected_items = torch.zeros_like(items).index_add_(0, item_rows, grad[:, None] * users[user_rows])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        users_grad, items_grad = cpu_kernels.pair_dots_backward(kernels, users, items, user_rows, item_rows, grad)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(users_grad, expected_users) and torch.equal(items_grad, expected_items)
+
+
+def train(states, feats, steps=4, row_split=None, split_batches=False, dtype=BF16):
     model = StackedTwoTower(states, feats, dropout=[0.1, 0.5, 0.3][:len(states)], seeds=[5, 6, 7][:len(states)],
-                            dtype=BF16, row_split=row_split)
+                            dtype=dtype, row_split=row_split)
     optimizer = StackedAdamW(model.params, [0.01] * len(states), 0.0005)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -89,19 +109,22 @@ def train(states, feats, steps=4, row_split=None, split_batches=False):
     return model
 
 
-@pytest.mark.parametrize("hidden, split_batches", [([32, 16], False), ([32], True), ([10], False)])
-def test_training_reaches_the_same_parameters_with_or_without_the_kernel(kernel, monkeypatch, hidden, split_batches):
-    """A 3-point bf16 stack (and 3 rows over 2 stacked splits, whose padding rows draw no bits; and
-    a width the kernel does not take, 10, which runs the torch ops either way)."""
+@pytest.mark.parametrize("hidden, split_batches, dtype", [([32, 16], False, BF16), ([32], True, BF16),
+                                                          ([10], False, BF16), ([32, 16], False, torch.float32)])
+def test_training_reaches_the_same_parameters_with_or_without_the_kernels(kernels, monkeypatch, hidden,
+                                                                          split_batches, dtype):
+    """A 3-point bf16 stack (and 3 rows over 2 stacked splits, whose padding rows draw no bits; a
+    width bias_relu_drop does not take, 10, which runs its torch ops either way; fp32, where only
+    the sample scores' backward is in C)."""
     feats = torch.randn(300, 24, generator=torch.Generator().manual_seed(1))
     states = [init_state(6, 24, hidden, 8, seed=s) for s in range(3)]
     row_split = [0, 1, 1] if split_batches else None
     params, streams = {}, {}
     for on in (True, False):
-        monkeypatch.setattr(relu_drop_kernel, "_loaded", (kernel, "") if on else (None, "off"))
-        model = train(states, feats, row_split=row_split, split_batches=split_batches)
+        monkeypatch.setattr(cpu_kernels, "_loaded", (kernels, "") if on else (None, "off"))
+        model = train(states, feats, row_split=row_split, split_batches=split_batches, dtype=dtype)
         params[on] = {name: p.detach().clone() for name, p in model.params.items()}
-        streams[on] = list(model.bit_streams.states)
+        streams[on] = list(model.bit_streams.states) if dtype == BF16 else None
     for name in params[True]:
         assert torch.equal(params[True][name], params[False][name]), name
     assert streams[True] == streams[False]  # both moved each point's stream by as many words
@@ -109,13 +132,13 @@ def test_training_reaches_the_same_parameters_with_or_without_the_kernel(kernel,
 
 def test_without_a_compiler_training_runs_in_torch_ops_and_says_so_once(monkeypatch, capsys):
     monkeypatch.setenv("CC", "no-such-compiler-xreflect")
-    monkeypatch.setattr(relu_drop_kernel, "_loaded", None)
+    monkeypatch.setattr(cpu_kernels, "_loaded", None)
     feats = torch.randn(300, 24, generator=torch.Generator().manual_seed(1))
     model = train([init_state(6, 24, [32], 8, seed=0)] * 2, feats, steps=2)
     assert all(torch.isfinite(p).all() for p in model.params.values())
-    assert relu_drop_kernel.load() is None
+    assert cpu_kernels.load() is None
     err = capsys.readouterr().err
-    assert err.count("bf16 dropout on the CPU runs in torch ops (same results, slower)") == 1
+    assert err.count("training on the CPU runs its C loops as torch ops (same results, slower)") == 1
     assert "no C compiler 'no-such-compiler-xreflect' on PATH (set CC to one)" in err
 
 
@@ -123,6 +146,6 @@ def test_a_compiler_that_fails_is_reported_with_its_message(tmp_path):
     fake = tmp_path / "fakecc"
     fake.write_text("#!/bin/sh\necho 'fakecc: error: unsupported option' >&2\nexit 1\n")
     fake.chmod(0o755)
-    function, why = relu_drop_kernel.compile_kernel(str(fake))
-    assert function is None
+    library, why = cpu_kernels.compile_kernels(str(fake))
+    assert library is None
     assert why.startswith(f"{fake} failed (") and "fakecc: error: unsupported option" in why
