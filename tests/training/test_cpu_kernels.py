@@ -3,6 +3,10 @@ backward) give the bits of the torch ops they replace, training gives the same p
 without them, and a machine without a C compiler trains in torch ops and says so once."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -149,3 +153,31 @@ def test_a_compiler_that_fails_is_reported_with_its_message(tmp_path):
     library, why = cpu_kernels.compile_kernels(str(fake))
     assert library is None
     assert why.startswith(f"{fake} failed (") and "fakecc: error: unsupported option" in why
+
+
+LATER_PROCESS = """
+import subprocess, sys
+from xreflect.training import cpu_kernels
+if sys.argv[1] == "no compiling":
+    subprocess.run = lambda *args, **kwargs: sys.exit("compiled again")
+assert cpu_kernels.load() is not None
+"""
+
+
+def test_a_build_is_kept_for_later_processes_and_a_damaged_one_is_rebuilt(kernels, monkeypatch, tmp_path):
+    monkeypatch.setenv("XREFLECT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_loaded", None)
+    assert cpu_kernels.load() is not None
+    kept = list((tmp_path / "kernels").iterdir())
+    assert [p.name for p in kept] == [cpu_kernels.library_path("cc").name] and kept[0].suffix == ".so"
+
+    def later_process(mode: str) -> None:
+        subprocess.run([sys.executable, "-c", LATER_PROCESS, mode], check=True, env=os.environ.copy())
+
+    later_process("no compiling")  # loads the kept build
+    # A damaged file (replaced, never written over: processes map the old one) is built again.
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(b"not a library")
+    damaged.replace(kept[0])
+    later_process("may compile")
+    assert kept[0].read_bytes()[:4] == b"\x7fELF"

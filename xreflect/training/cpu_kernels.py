@@ -7,15 +7,19 @@
 - `pair_dots_backward`: the sample scores' backward (model._PairDots), the gradient rows added
   into the user table's and the item vectors' gradients without first writing them out.
 
-Both give the bits of the torch ops they replace. The C file is compiled once per process, when
-training on the CPU first needs it, with the machine's C compiler (`$CC`, else `cc`; ~0.2 s),
-into a temporary directory. Without a compiler (or if it fails) training runs the torch ops, with
-the same results, and says so once.
+Both give the bits of the torch ops they replace. The C file is compiled when training on the CPU
+first needs it, with the machine's C compiler (`$CC`, else `cc`; ~0.2 s), for this CPU
+(-march=native), and kept under ${XREFLECT_CACHE_DIR:-.cache}/kernels/ by a hash of the source,
+the compiler and the CPU's flags, so each later process (every train stage starts several) loads
+it instead. Without a compiler (or if it fails) training runs the torch ops, with the same
+results, and says so once per process.
 """
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +29,8 @@ import torch
 from torch import Tensor
 
 from xreflect.core.io import log_stderr
+from xreflect.core.paths import cache_dir
+from xreflect.training.precision import cpu_flags
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # OpenMP spreads the work over torch's threads (the same runtime: torch's libgomp, by its soname);
@@ -37,13 +43,14 @@ SIGNATURES = {"bias_relu_drop": [POINTER] * 3 + [INT64] * 3 + [ctypes.c_uint64, 
 _loaded: tuple[ctypes.CDLL | None, str] | None = None  # (the library or None, why not)
 
 
-def compile_kernels(compiler: str | None = None) -> tuple[ctypes.CDLL | None, str]:
-    """(the library from a fresh build, "") or (None, why it could not be built)."""
+def compile_kernels(compiler: str | None = None, keep_at: Path | None = None) -> tuple[ctypes.CDLL | None, str]:
+    """(the library from a fresh build, "") or (None, why it could not be built). The build is
+    written to `keep_at` (atomically) where given, else to a temporary directory."""
     compiler = compiler or os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         return None, f"no C compiler {compiler!r} on PATH (set CC to one)"
     errors = []
-    with tempfile.TemporaryDirectory(prefix="xreflect-kernels-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="xreflect-kernels-", dir=keep_at.parent if keep_at else None) as tmp:
         path = Path(tmp) / "cpu_kernels.so"
         for flags in FLAG_SETS:
             try:
@@ -52,24 +59,53 @@ def compile_kernels(compiler: str | None = None) -> tuple[ctypes.CDLL | None, st
             except (OSError, subprocess.TimeoutExpired) as error:
                 return None, f"{compiler} could not run: {error}"
             if built.returncode == 0:
-                library = ctypes.CDLL(str(path))  # stays mapped after the file is gone
-                for name, argtypes in SIGNATURES.items():
-                    function = getattr(library, name)
-                    function.restype, function.argtypes = None, argtypes
-                return library, ""
+                if keep_at:
+                    os.replace(path, keep_at)
+                return _open(keep_at or path), ""  # stays mapped after its file is gone
             last = (built.stderr.strip().splitlines() or [f"exit {built.returncode}"])[-1]
             errors.append(f"{' '.join(flags)}: {last}")
     return None, f"{compiler} failed ({'; '.join(errors)})"
 
 
+def library_path(compiler: str) -> Path:
+    """Where the build for this source, compiler and CPU is kept."""
+    key = "\n".join([SOURCE.read_text(), shutil.which(compiler) or compiler, " ".join(FLAG_SETS[0]),
+                     platform.machine(), " ".join(sorted(cpu_flags()))])
+    return cache_dir() / "kernels" / f"cpu_kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
 def load() -> ctypes.CDLL | None:
-    """The compiled kernels, built on the first call of the process; None (said once) where they can't be."""
+    """The kernels: the kept build, else a new one (kept); None (said once) where they can't be built."""
     global _loaded
     if _loaded is None:
-        _loaded = compile_kernels()
+        _loaded = _kept_or_compiled(os.environ.get("CC") or "cc")
         if _loaded[0] is None:
             log_stderr(f"training on the CPU runs its C loops as torch ops (same results, slower): {_loaded[1]}")
     return _loaded[0]
+
+
+def _kept_or_compiled(compiler: str) -> tuple[ctypes.CDLL | None, str]:
+    if shutil.which(compiler) is None:
+        return compile_kernels(compiler)  # says why
+    path = library_path(compiler)
+    if path.is_file():
+        try:
+            return _open(path), ""
+        except OSError:  # a damaged file: build it again
+            pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # nowhere to keep it: this process's build only
+        return compile_kernels(compiler)
+    return compile_kernels(compiler, path)
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(path))
+    for name, argtypes in SIGNATURES.items():
+        function = getattr(library, name)
+        function.restype, function.argtypes = None, argtypes
+    return library
 
 
 def bias_relu_drop(library: ctypes.CDLL, pre: Tensor, bias: Tensor, out: Tensor, drawn_rows: int,

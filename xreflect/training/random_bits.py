@@ -54,7 +54,7 @@ class SplitMix64Streams:
 
     def take(self, row: int, n: int) -> int:
         """The state `row`'s next n words start from (word i mixes state + (i + 1) * GAMMA), moving
-        the stream past them: for a caller that computes the words itself (bias_relu_drop.c)."""
+        the stream past them: for a caller that computes the words itself (cpu_kernels.c)."""
         state = self.states[row]
         self.states[row] = (state + n * GAMMA) & MASK64
         return state
