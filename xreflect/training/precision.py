@@ -1,7 +1,7 @@
 """Which floating-point type the towers' matmuls run in: `train.precision: auto | fp32 | bf16`.
 
 bf16 pays only where the hardware multiplies bf16 natively: on a CPU with AMX (amx_bf16) or
-AVX-512 BF16 (avx512_bf16) a whole training epoch at MovieLens-1M size ran 2.9-3.7x faster than
+AVX-512 BF16 (avx512_bf16) a whole training epoch at MovieLens-1M size ran 3.0-3.9x faster than
 fp32 (AMD EPYC, 2 cores; benchmarks/train_speed.py); on a CPU without them bf16 is emulated and slower than fp32. `auto` therefore picks bf16 on such a CPU and
 fp32 otherwise. On a GPU too: there the fp32 matmuls already run on TF32 tensor cores
 (stages/train.py allows TF32) and an ML-1M epoch is bound by kernel launches, not arithmetic, so

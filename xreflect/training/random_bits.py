@@ -6,7 +6,10 @@ therefore a dozen whole-tensor integer operations, which torch vectorises and sp
 threads, written straight into the mask tensor. numpy's SFC64, which it replaces, hands out one
 word per call of a C function pointer on one core, into a new array that then had to be copied into
 torch: for a 9-point MovieLens-1M batch's first dropout layer (2,304 x 512 units, 16 bits each)
-the masks took 5.6 ms that way and 3.5 ms this way (2 AMD EPYC cores; README, "Precision").
+the masks took 5.6 ms that way and 3.5 ms this way (2 AMD EPYC cores). Where the C loop of
+cpu_kernels.c is built, it computes the same words inside the layer's single pass (take() hands
+it a stream's position); these torch ops remain the path without a compiler, for a linear
+tower's dropout of its input features, and for hidden widths that are not a multiple of 4.
 
 torch has no unsigned 64-bit shift on the CPU, so the logical shifts are arithmetic shifts with
 the sign-extended bits masked off, and the constants are passed as their signed int64 patterns;
