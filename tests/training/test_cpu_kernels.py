@@ -181,3 +181,22 @@ def test_a_build_is_kept_for_later_processes_and_a_damaged_one_is_rebuilt(kernel
     damaged.replace(kept[0])
     later_process("may compile")
     assert kept[0].read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_compiler_without_openmp_builds_serial_loops_with_the_same_bits(monkeypatch):
+    """The second flag set (no -fopenmp, no -march=native): what a compiler without OpenMP builds."""
+    monkeypatch.setattr(cpu_kernels, "FLAG_SETS", cpu_kernels.FLAG_SETS[1:])
+    serial, why = cpu_kernels.compile_kernels()
+    if serial is None:
+        pytest.skip(f"no C compiler here: {why}")
+    pre, bias = awkward_values(37, 12, seed=3)
+    out = torch.empty_like(pre)
+    cpu_kernels.bias_relu_drop(serial, pre, bias, out, 30, 5, 26213)
+    assert same_bits_up_to_nan(out, torch_ops(pre, bias, 30, 5, 26213))
+    gen = torch.Generator().manual_seed(0)
+    users, items = torch.randn(20, 13, generator=gen), torch.randn(10, 13, generator=gen)
+    user_rows, item_rows = torch.randint(0, 20, (300,), generator=gen), torch.randint(0, 10, (300,), generator=gen)
+    grad = torch.randn(300, generator=gen)
+    users_grad, items_grad = cpu_kernels.pair_dots_backward(serial, users, items, user_rows, item_rows, grad)
+    assert torch.equal(users_grad, torch.zeros_like(users).index_add_(0, user_rows, grad[:, None] * items[item_rows]))
+    assert torch.equal(items_grad, torch.zeros_like(items).index_add_(0, item_rows, grad[:, None] * users[user_rows]))
